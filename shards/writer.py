@@ -1,0 +1,50 @@
+"""Write one WebDataset tar shard (and its DALI index) atomically: temporary name, then rename."""
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from shards.audio import encode_wav
+from shards.labels import EMOTIONS
+
+log = logging.getLogger(__name__)
+
+
+def make_sample(key: str, audio: np.ndarray, sample_rate: int, meta: dict) -> dict:
+    """One shard sample: KEY.wav (mono PCM16), KEY.cls (index into EMOTIONS), KEY.json (metadata)."""
+    return {
+        "__key__": key,
+        "wav": encode_wav(audio, sample_rate),
+        "cls": str(EMOTIONS.index(meta["emotion"])),
+        "json": {**meta, "sample_rate": sample_rate, "duration": round(len(audio) / sample_rate, 4)},
+    }
+
+
+def write_shard(path: Path, samples) -> tuple[int, str]:
+    """Write SAMPLES to PATH (plus PATH.idx for DALI); return (bytes, sha256). Readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with wds.TarWriter(str(tmp)) as sink:
+        for sample in samples:
+            sink.write(sample)
+    write_index(tmp, path.with_suffix(".idx"))
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    size = tmp.stat().st_size
+    os.replace(tmp, path)
+    return size, digest
+
+
+def write_index(tar: Path, idx: Path) -> None:
+    """Write DALI's index for TAR so its reader need not scan the archive (needs the `dali` extra)."""
+    try:
+        from wds2idx import IndexCreator  # installed with nvidia-dali
+    except ImportError:
+        log.warning("%s: no DALI index written (install the `dali` extra: pip install -e '.[dali]')", idx)
+        return
+    tmp = idx.with_name(idx.name + ".tmp")
+    with IndexCreator(str(tar), str(tmp), verbose=False) as creator:
+        creator.create_index()
+    os.replace(tmp, idx)
