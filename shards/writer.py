@@ -19,7 +19,7 @@ def make_sample(key: str, audio: np.ndarray, sample_rate: int, meta: dict) -> di
         "__key__": key,
         "wav": encode_wav(audio, sample_rate),
         "cls": str(EMOTIONS.index(meta["emotion"])),
-        "json": {**meta, "sample_rate": sample_rate, "duration": round(len(audio) / sample_rate, 4)},
+        "json": {"key": key, **meta, "sample_rate": sample_rate, "duration": round(len(audio) / sample_rate, 4)},
     }
 
 

@@ -1,0 +1,119 @@
+"""Shard format read back by webdataset and by DALI's CPU reader; manifest selection; speaker-independent splits."""
+import json
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from preprocess.__main__ import main
+from shards.audio import read_mono
+from shards.labels import EMOTIONS
+from shards.manifest import Manifest
+from shards.splits import Split, gender_balanced_folds, make_split
+from tests.corpus import make_corpus
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory):
+    """Shards of a generated two-actor corpus."""
+    tmp = tmp_path_factory.mktemp("shards")
+    make_corpus(tmp / "archive", actors=(3, 4))
+    assert main(["--archive", str(tmp / "archive"), "--out", str(tmp / "out"), "--no-analysis", "--jobs", "2"]) == 0
+    return tmp / "out/shards"
+
+
+def read_webdataset(root, entries) -> dict:
+    """key -> (label index, float32 audio) through webdataset."""
+    urls = [str(root / e.path) for e in entries]
+    return {s["__key__"]: (int(s["cls"]), read_mono(s["wav"])[0]) for s in wds.WebDataset(urls, shardshuffle=False)}
+
+
+def read_dali(root, entries) -> dict:
+    """key -> (label index, float32 audio) through DALI's webdataset reader and audio decoder, on the CPU."""
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        wav, cls, meta = fn.readers.webdataset(paths=[str(root / e.path) for e in entries],
+                                               index_paths=[str(root / e.index_path) for e in entries],
+                                               ext=["wav", "cls", "json"], name="Reader")
+        audio, _ = fn.decoders.audio(wav, downmix=True)
+        return audio, cls, meta
+
+    p = pipe()
+    p.build()
+    total = p.epoch_size("Reader")
+    out = {}
+    for _ in range(total):
+        audio, cls, meta = (np.array(t[0]) for t in p.run())
+        out[json.loads(meta.tobytes())["key"]] = (int(cls.tobytes()), audio.astype(np.float32))
+    return out
+
+
+def test_webdataset_and_dali_read_the_same_samples(shard_root):
+    """Both readers give the same keys, labels and audio samples (DALI decodes int16 as float32 in [-1, 1))."""
+    manifest = Manifest.load(shard_root)
+    entries = manifest.select("all")
+    ours, dali = read_webdataset(shard_root, entries), read_dali(shard_root, entries)
+    assert set(ours) == set(dali) == {k for e in entries for k in e.keys}
+    for key, (label, audio) in ours.items():
+        assert dali[key][0] == label == EMOTIONS.index(EMOTIONS[int(key.split("-")[2]) - 1])
+        np.testing.assert_allclose(dali[key][1], audio, atol=1.0 / 32768)
+
+
+def test_manifest_selection_and_classes(shard_root):
+    """normal = 8 classes, strong = 7 (no neutral), all = both; actor selection keeps only those actors."""
+    manifest = Manifest.load(shard_root)
+    assert manifest.class_names("normal") == list(EMOTIONS)
+    assert manifest.class_names("strong") == list(EMOTIONS[1:])
+    assert len(manifest.select("all")) == 4 and {s.intensity for s in manifest.select("strong")} == {"strong"}
+    assert [s.actor for s in manifest.select("normal", actors=[4])] == [4]
+    assert sum(s.samples for s in manifest.select("normal")) == 64
+    with pytest.raises(ValueError, match="intensity must be one of"):
+        manifest.select("loud")
+
+
+def test_folds_are_gender_balanced_and_cover_every_actor_once():
+    """6 folds of 24 actors: 2 male + 2 female each; every actor is a test actor in exactly one fold."""
+    actors = range(1, 25)
+    folds = gender_balanced_folds(actors, 6)
+    assert sorted(a for f in folds for a in f) == list(actors)
+    assert all(sum(a % 2 for a in f) == 2 and len(f) == 4 for f in folds)
+    tests = [a for i in range(6) for a in make_split(actors, folds=6, fold=i).test]
+    assert sorted(tests) == list(actors)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"folds": 6, "fold": 5}, {"folds": 4, "fold": 2}, {"folds": 12, "fold": 7},
+                                    {"test_actors": [1, 2], "val_actors": [3, 4]}])
+def test_splits_never_share_an_actor(kwargs):
+    """Train, validation and test are disjoint and together hold every actor."""
+    split = make_split(range(1, 25), **kwargs)
+    parts = [set(split.train), set(split.val), set(split.test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == set(range(1, 25))
+
+
+def test_default_split_works_on_the_four_actor_sample():
+    """The bundled sample's four actors give one test, one validation and two training actors."""
+    split = make_split([1, 2, 3, 4])
+    assert (len(split.train), len(split.val), len(split.test)) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"test_actors": [1]}, "give both"),
+    ({"test_actors": [1], "val_actors": [30]}, r"actor\(s\) \[30\] are not in the shards"),
+    ({"test_actors": [1], "val_actors": [1]}, "in two parts"),
+    ({"folds": 30}, "--folds must be between 2 and"),
+    ({"folds": 6, "fold": 6}, "--fold must be in 0..5"),
+    ({"folds": 6, "test_actors": [1], "val_actors": [2]}, "exclude each other"),
+])
+def test_bad_split_options_are_clear_errors(kwargs, message):
+    """Inconsistent split options fail with a message naming the problem."""
+    with pytest.raises(ValueError, match=message):
+        make_split(range(1, 25), **kwargs)
+
+
+def test_split_refuses_leaks():
+    """A hand-built split with an actor in two parts is refused."""
+    with pytest.raises(ValueError, match=r"actor\(s\) \[2\]"):
+        Split(train=(1, 2), val=(2,), test=(3,))
