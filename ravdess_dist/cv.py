@@ -1,0 +1,76 @@
+"""Cross-validation over gender-balanced actor folds: train every fold, then summarise per fold and mean ± std.
+
+    python -m ravdess_dist.cv --model hybrid --intensity normal --folds 6 [any train.py flag]
+    python -m ravdess_dist.cv summarize RUN_DIR_OR_METRICS_JSON... --out DIR   (e.g. after a SLURM array)
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from ravdess_dist.config import load_config
+from ravdess_dist.trainer import training_function, write_json
+
+METRICS = ("wa", "ua", "macro_f1")
+
+
+def summarize(metrics: list[dict], out: Path) -> dict:
+    """summary.json and summary.md: one row per run, then mean ± std per model and intensity."""
+    rows = [{"run": m["run"], "model": m["model"], "intensity": m["intensity"], "test_actors": m["split"]["test"],
+             "best_epoch": m["best_epoch"], **{k: m["test"][k] for k in METRICS}} for m in metrics]
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["intensity"]), []).append(row)
+    means = [{"model": model, "intensity": intensity, "folds": len(g),
+              **{f"{k}_mean": statistics.mean(r[k] for r in g) for k in METRICS},
+              **{f"{k}_std": statistics.stdev(r[k] for r in g) if len(g) > 1 else 0.0 for k in METRICS}}
+             for (model, intensity), g in sorted(groups.items())]
+    summary = {"runs": rows, "summary": means}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "summary.json", summary)
+    lines = ["| run | model | intensity | test actors | best epoch | WA | UA | macro-F1 |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['model']} | {r['intensity']} | {r['test_actors']} | {r['best_epoch']} | "
+              f"{r['wa']:.3f} | {r['ua']:.3f} | {r['macro_f1']:.3f} |" for r in rows]
+    lines += ["", "| model | intensity | folds | WA | UA | macro-F1 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m['model']} | {m['intensity']} | {m['folds']} | "
+              + " | ".join(f"{m[k + '_mean']:.3f} ± {m[k + '_std']:.3f}" for k in METRICS) + " |" for m in means]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return summary
+
+
+def load_metrics(paths: list[Path]) -> list[dict]:
+    """metrics.json of each run folder (or the file itself); a missing one is an error naming it."""
+    files = [p / "metrics.json" if p.is_dir() else p for p in paths]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no metrics.json for: {', '.join(missing)} (did those runs finish?)")
+    return [json.loads(f.read_text()) for f in files]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train every fold in turn (or only summarise finished runs) and write the summary."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["summarize"]:
+        ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv summarize")
+        ap.add_argument("runs", type=Path, nargs="+", help="run folders or metrics.json files")
+        ap.add_argument("--out", type=Path, required=True)
+        args = ap.parse_args(argv[1:])
+        summarize(load_metrics(args.runs), args.out)
+        return
+    cfg = load_config(argv)
+    if cfg.test_actors or cfg.val_actors:
+        sys.exit("error: cross-validation chooses test actors by fold; drop --test-actors/--val-actors")
+    cfg.folds = cfg.folds or 6
+    name = cfg.run_name or f"cv-{cfg.model}-{cfg.intensity}-{cfg.folds}folds"
+    results = []
+    for fold in range(cfg.folds):
+        fold_cfg = load_config(argv)
+        fold_cfg.folds, fold_cfg.fold, fold_cfg.run_name = cfg.folds, fold, f"{name}/fold{fold}"
+        results.append(training_function(fold_cfg))
+    summarize(results, Path(cfg.output_dir) / name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Evaluation on held-out actors: every clip counted exactly once across ranks, metrics, confusion-matrix plot."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ravdess_dist.metrics import confusion_matrix, summarize  # noqa: E402
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, class_names: list[str]) -> tuple[dict, np.ndarray, list[dict]]:
+    """Metrics, confusion matrix and per-clip predictions of MODEL over LOADER, gathered from every rank."""
+    model.eval()
+    logits, labels, keys = [], [], []
+    for batch in loader:
+        with accelerator.autocast():
+            out = model(batch.features).float()
+        # ranks may hold batches of different sizes: pad to a common size (valid=False), gather, drop the padding
+        out, lab, valid = (accelerator.pad_across_processes(t) for t in (out, batch.labels, batch.valid))
+        padded_keys = list(batch.keys) + [""] * (len(out) - len(batch.keys))
+        out, lab, valid = accelerator.gather((out, lab, valid))
+        logits.append(out[valid].cpu())
+        labels.append(lab[valid].cpu())
+        keys += [k for k, v in zip(gather_keys(accelerator, padded_keys), valid.tolist()) if v]
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    if len(set(keys)) != len(keys):
+        raise RuntimeError(f"evaluation counted {len(keys) - len(set(keys))} clip(s) twice: the loader's rank split is wrong")
+    probs = logits.softmax(dim=1)
+    preds = probs.argmax(dim=1)
+    cm = confusion_matrix(labels.numpy(), preds.numpy(), len(class_names))
+    rows = [{"key": k, "label": class_names[t], "pred": class_names[p], "prob": round(float(pr[p]), 4)}
+            for k, t, p, pr in zip(keys, labels.tolist(), preds.tolist(), probs)]
+    return summarize(cm, class_names), cm, rows
+
+
+def gather_keys(accelerator, keys: list[str]) -> list[str]:
+    """Keys of a batch from every rank, in the same rank order as accelerator.gather (padding keys included)."""
+    if accelerator.num_processes == 1:
+        return list(keys)
+    from accelerate.utils import gather_object
+
+    return gather_object(list(keys))
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str], title: str):
+    """A row-normalised confusion matrix with counts, as a matplotlib figure."""
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,281 @@
+"""The Accelerate trainer: DDP + mixed precision, TensorBoard, atomic checkpoints, exact resume, preemption-safe."""
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from tqdm import tqdm
+
+from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ravdess_dist.config import TrainConfig, to_dict
+from ravdess_dist.evaluate import evaluate, plot_confusion
+from ravdess_dist.loaders import make_loader
+from ravdess_dist.models import create_model
+from shards.manifest import Manifest
+from shards.splits import make_split
+
+
+class Preempted(SystemExit):
+    """Raised after a checkpoint was saved because the job got SIGTERM/SIGUSR1; exit code 128 + signal."""
+
+
+STOP = {"signal": 0}
+
+
+def _on_signal(signum, _frame):
+    """Remember a preemption warning; the loop saves and stops at the next step boundary."""
+    STOP["signal"] = signum
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    """`auto` means bf16 on a GPU and full precision on a CPU; fp16 needs a GPU."""
+    cuda = torch.cuda.is_available()
+    if cfg.mixed_precision == "auto":
+        return "bf16" if cuda else "no"
+    if cfg.mixed_precision == "fp16" and not cuda:
+        raise ValueError("--mixed-precision fp16 needs a GPU (loss scaling is CUDA-only); use bf16 or no on a CPU")
+    return cfg.mixed_precision
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    """MODEL-INTENSITY-SPLIT-TIMESTAMP, e.g. hybrid-normal-fold0of6-20261124-101500."""
+    split = f"test{'-'.join(map(str, cfg.test_actors))}" if cfg.test_actors else f"fold{cfg.fold}of{cfg.folds or 'auto'}"
+    return f"{cfg.model}-{cfg.intensity}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resume_state(cfg: TrainConfig) -> dict | None:
+    """The checkpoint to continue from: --resume PATH, or `auto` = this run's last.pt if it exists."""
+    if not cfg.resume:
+        return None
+    path = Path(cfg.output_dir) / str(cfg.run_name) / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)
+    if cfg.resume == "auto" and not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    saved = state["config"]
+    for key in ("model", "intensity", "model_args", "features"):
+        if saved[key] != to_dict(cfg)[key]:
+            raise ValueError(f"{path}: checkpoint has {key}={saved[key]!r}, this run asks {to_dict(cfg)[key]!r}")
+    return state
+
+
+def class_weights(entries, classes: list[str]) -> torch.Tensor:
+    """Inverse-frequency weights over the training clips (neutral is half as frequent in `all`)."""
+    counts = torch.tensor([sum(e.emotions.get(c, 0) for e in entries) for c in classes], dtype=torch.float)
+    return counts.sum() / (len(classes) * counts.clamp(min=1))
+
+
+def make_optimizer(cfg: TrainConfig, model, steps_per_epoch: int):
+    """AdamW (default) or SGD as in the notebook, with linear warm-up then cosine decay per step."""
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        """LR multiplier: ramps to 1 over the warm-up, then half a cosine down to 0."""
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class Run:
+    """One training run's state and outputs; `fit()` trains, `test()` evaluates the best model on the test actors."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.started = time.time()
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=resolve_precision(cfg),
+                                       log_with="tensorboard", project_dir=cfg.logging_dir)
+        acc = self.accelerator
+        self.state = resume_state(cfg)
+        name = [cfg.run_name or (self.state["config"]["run_name"] if self.state else default_run_name(cfg))]
+        broadcast_object_list(name)  # every rank must agree on one name (timestamps differ)
+        cfg.run_name, self.cfg = name[0], cfg
+        self.run_dir = Path(cfg.output_dir) / cfg.run_name
+        manifest = Manifest.load(Path(cfg.shards))
+        self.split = make_split(manifest.actors, cfg.folds, cfg.fold, cfg.test_actors, cfg.val_actors)
+        self.classes = manifest.class_names(cfg.intensity)
+        set_seed(cfg.seed)
+
+        def loader(actors, train):
+            """A loader over the shards of these actors for this rank."""
+            entries = manifest.select(cfg.intensity, actors)
+            return make_loader(cfg.backend, Path(cfg.shards), entries, self.classes, cfg.batch_size, train, cfg.features,
+                               cfg.augment if train else None, acc.device, acc.process_index, acc.num_processes,
+                               cfg.seed, cfg.num_workers)
+
+        self.train_loader, self.val_loader = loader(self.split.train, True), loader(self.split.val, False)
+        self.test_loader = loader(self.split.test, False)
+        model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
+        optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader))
+        weights = class_weights(manifest.select(cfg.intensity, self.split.train), self.classes) if cfg.class_weights else None
+        self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
+        # the loaders already split by rank: only the model and optimizer go through prepare()
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
+        if self.state:
+            self.restore(self.state)
+        acc.init_trackers(cfg.run_name)
+        self.writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        acc.print(f"run {cfg.run_name}: {cfg.model} on {cfg.intensity} ({len(self.classes)} classes), {acc.num_processes} "
+                  f"process(es) on {acc.device}, precision {acc.mixed_precision}; actors train {list(self.split.train)} "
+                  f"val {list(self.split.val)} test {list(self.split.test)}; {len(self.train_loader)} steps/epoch")
+
+    def restore(self, state: dict) -> None:
+        """Load model, optimizer, scheduler, scaler and progress from a checkpoint."""
+        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step"]
+        self.best, self.history = state["best"], state["history"]
+        self.accelerator.print(f"resumed from epoch {self.epoch} step {self.step_in_epoch}")
+
+    def checkpoint(self, name: str, **extra) -> None:
+        """Write NAME.pt in the run folder (main process only), atomically."""
+        if not self.accelerator.is_main_process:
+            return
+        scaler = self.accelerator.scaler
+        save_checkpoint(self.run_dir / f"{name}.pt", {
+            "model": self.accelerator.unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng_state(),
+            "epoch": self.epoch, "step": self.step_in_epoch, "best": self.best, "history": self.history,
+            "config": to_dict(self.cfg), "classes": self.classes, **extra})
+
+    def should_stop(self) -> bool:
+        """True on every rank once any rank got a preemption signal (ranks must stop at the same step)."""
+        flag = torch.tensor([STOP["signal"]], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+
+    def train_epoch(self) -> dict:
+        """One pass over this rank's training batches; returns loss, clips/s and the fraction of time spent waiting for data."""
+        acc, model = self.accelerator, self.model
+        model.train()
+        set_seed(self.cfg.seed + 1000 * self.epoch, device_specific=True)  # the epoch replays identically on resume
+        self.train_loader.set_epoch(self.epoch)
+        skip, resumed_rng = self.step_in_epoch, self.state["rng"] if self.step_in_epoch and self.state else None
+        total_loss, seen, waited, start = 0.0, 0, 0.0, time.perf_counter()
+        batches = iter(self.train_loader)
+        bar = tqdm(range(len(self.train_loader)), desc=f"epoch {self.epoch}", disable=not acc.is_local_main_process,
+                   leave=False)
+        for step in bar:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            waited += time.perf_counter() - t0
+            if step < skip:
+                continue
+            if self.epoch == 0 and step == 0:
+                self.log_spectrograms(batch.features)
+            if resumed_rng is not None:  # continue the interrupted epoch with the random state it had
+                set_rng_state(resumed_rng)
+                resumed_rng = None
+            with acc.autocast():
+                loss = self.loss_fn(model(batch.features), batch.labels)
+            acc.backward(loss)
+            acc.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            total_loss += loss.item()
+            seen += 1
+            self.step_in_epoch = step + 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if self.should_stop():
+                self.checkpoint("last")
+                acc.print(f"signal {STOP['signal']}: checkpoint saved at epoch {self.epoch} step {self.step_in_epoch}")
+                acc.end_training()
+                raise Preempted(128 + max(STOP["signal"], 1))
+        elapsed = time.perf_counter() - start
+        clips = seen * self.cfg.batch_size * acc.num_processes
+        return {"loss": total_loss / max(seen, 1), "clips_per_s": clips / elapsed, "data_wait": waited / elapsed}
+
+    def log_epoch(self, train: dict, val: dict) -> None:
+        """Scalars to TensorBoard and a line on the console."""
+        lr = self.scheduler.get_last_lr()[0]
+        self.accelerator.log({"train/loss": train["loss"], "train/lr": lr, "train/clips_per_s": train["clips_per_s"],
+                              "train/data_wait_fraction": train["data_wait"], "val/wa": val["wa"], "val/ua": val["ua"],
+                              "val/macro_f1": val["macro_f1"]}, step=self.epoch)
+        self.accelerator.print(f"epoch {self.epoch}: loss {train['loss']:.4f} val WA {val['wa']:.3f} UA {val['ua']:.3f} "
+                               f"F1 {val['macro_f1']:.3f} ({train['clips_per_s']:.0f} clips/s, "
+                               f"data wait {100 * train['data_wait']:.0f} %)")
+
+    def log_spectrograms(self, features: torch.Tensor) -> None:
+        """A few training inputs as images, once, to see what the model sees."""
+        if self.writer is None:
+            return
+        images = features[:4].float()
+        lo, hi = images.amin(dim=(2, 3), keepdim=True), images.amax(dim=(2, 3), keepdim=True)
+        self.writer.add_images("inputs/features", ((images - lo) / (hi - lo + 1e-6)).flip(2).cpu(), 0)
+
+    def fit(self) -> None:
+        """Train until the epoch budget or early stopping; keep the best epoch by validation UA (never test)."""
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGUSR1, _on_signal)
+        while self.epoch < self.cfg.epochs and self.epoch - self.best["epoch"] <= self.cfg.patience:
+            train = self.train_epoch()
+            val, _, _ = evaluate(self.model, self.val_loader, self.accelerator, self.classes)
+            self.log_epoch(train, val)
+            self.history.append({"epoch": self.epoch, **train, **{f"val_{k}": v for k, v in val.items() if k != "recall"}})
+            improved = val["ua"] > self.best["ua"]
+            if improved:
+                self.best = {"ua": val["ua"], "epoch": self.epoch, "val": val}
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            if improved:
+                self.checkpoint("best")
+            self.checkpoint("last")
+        self.accelerator.wait_for_everyone()
+
+    def test(self) -> dict:
+        """Evaluate the best epoch's weights on the test actors; write metrics.json, the confusion matrix, hparams."""
+        acc = self.accelerator
+        best = load_checkpoint(self.run_dir / "best.pt") if (self.run_dir / "best.pt").is_file() else None
+        if best is not None:
+            acc.unwrap_model(self.model).load_state_dict(best["model"])
+        test, cm, rows = evaluate(self.model, self.test_loader, acc, self.classes)
+        metrics = {"run": self.cfg.run_name, "model": self.cfg.model, "intensity": self.cfg.intensity,
+                   "classes": self.classes, "split": vars(self.split), "best_epoch": self.best["epoch"],
+                   "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),
+                   "world_size": acc.num_processes, "mixed_precision": acc.mixed_precision,
+                   "wall_seconds": round(time.time() - self.started, 1), "history": self.history}
+        if acc.is_main_process:
+            fig = plot_confusion(cm, self.classes, f"{self.cfg.run_name}: test UA {test['ua']:.3f}")
+            fig.savefig(self.run_dir / "confusion_matrix.png")
+            self.writer.add_figure("test/confusion_matrix", fig, self.epoch)
+            self.writer.add_hparams({k: v for k, v in to_dict(self.cfg).items() if isinstance(v, (int, float, str, bool))},
+                                    {"hparam/test_wa": test["wa"], "hparam/test_ua": test["ua"],
+                                     "hparam/test_macro_f1": test["macro_f1"], "hparam/best_val_ua": self.best["ua"]},
+                                    run_name=".")
+            write_json(self.run_dir / "metrics.json", metrics)
+            write_json(self.run_dir / "predictions.json", rows)
+        acc.log({"test/wa": test["wa"], "test/ua": test["ua"], "test/macro_f1": test["macro_f1"]}, step=self.epoch)
+        acc.print(f"test actors {list(self.split.test)}: WA {test['wa']:.3f} UA {test['ua']:.3f} "
+                  f"macro-F1 {test['macro_f1']:.3f}; outputs in {self.run_dir}")
+        acc.end_training()
+        return metrics
+
+
+def write_json(path: Path, obj) -> None:
+    """JSON to a temporary name, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def training_function(cfg: TrainConfig) -> dict:
+    """Train, keep the best model by validation UA, evaluate it on the test actors; returns metrics.json's content."""
+    run = Run(cfg)
+    run.fit()
+    return run.test()
