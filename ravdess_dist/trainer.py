@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm import tqdm
 
 from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ravdess_dist.config import TrainConfig, to_dict
 from ravdess_dist.evaluate import evaluate, plot_confusion
-from ravdess_dist.loaders import make_loader
+from ravdess_dist.loaders import epoch_order, make_loader, rank_part
 from ravdess_dist.models import create_model
 from shards.manifest import Manifest
 from shards.splits import make_split
@@ -121,13 +121,18 @@ class Run:
         # the loaders already split by rank: only the model and optimizer go through prepare()
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
+        self.weight_checksums: list[float] = []
         if self.state:
             self.restore(self.state)
         acc.init_trackers(cfg.run_name)
         self.writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
+        first_epoch = rank_part(epoch_order(manifest.select(cfg.intensity, self.split.train), True, cfg.seed, 0),
+                                acc.process_index, acc.num_processes)
+        parts = gather_object([{"rank": acc.process_index, "train_keys_epoch0": [k for _, keys in first_epoch for k in keys]}])
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            write_json(self.run_dir / "data_parts.json", parts)
         acc.print(f"run {cfg.run_name}: {cfg.model} on {cfg.intensity} ({len(self.classes)} classes), {acc.num_processes} "
                   f"process(es) on {acc.device}, precision {acc.mixed_precision}; actors train {list(self.split.train)} "
                   f"val {list(self.split.val)} test {list(self.split.test)}; {len(self.train_loader)} steps/epoch")
@@ -236,7 +241,16 @@ class Run:
             if improved:
                 self.checkpoint("best")
             self.checkpoint("last")
-        self.accelerator.wait_for_everyone()
+        self.check_replicas_agree()
+
+    def check_replicas_agree(self) -> None:
+        """DDP keeps one model: every rank's weights must be identical after training, else stop loudly."""
+        params = self.accelerator.unwrap_model(self.model).parameters()
+        checksum = float(sum(p.detach().double().sum() for p in params))
+        sums = gather_object([checksum])
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"model replicas diverged across ranks: weight checksums {sums}")
+        self.weight_checksums = sums
 
     def test(self) -> dict:
         """Evaluate the best epoch's weights on the test actors; write metrics.json, the confusion matrix, hparams."""
@@ -249,6 +263,7 @@ class Run:
                    "classes": self.classes, "split": vars(self.split), "best_epoch": self.best["epoch"],
                    "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),
                    "world_size": acc.num_processes, "mixed_precision": acc.mixed_precision,
+                   "weight_checksums": self.weight_checksums,
                    "wall_seconds": round(time.time() - self.started, 1), "history": self.history}
         if acc.is_main_process:
             fig = plot_confusion(cm, self.classes, f"{self.cfg.run_name}: test UA {test['ua']:.3f}")

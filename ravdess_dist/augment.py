@@ -1,0 +1,99 @@
+"""Training-time augmentation on the device: noise and time shift on waveforms, SpecAugment masks on features.
+
+Both modules are the identity in eval mode (`module.eval()`), so validation and test features are deterministic.
+Order in a training step: crop_or_pad -> WaveAugment -> Frontend -> SpecAugment (masks fill with 0, the mean of
+normalised features).
+"""
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+from ravdess_dist.features import take_windows
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation settings; a count or width of 0, or noise_snr_db None, turns that augmentation off.
+
+    noise_snr_db and noise_p follow the original notebook (white noise at 15-30 dB SNR on a noisy copy of every
+    clip, i.e. half of what the model saw was noisy); time_shift_s moves the sentence by up to +-0.2 s;
+    each SpecAugment mask covers at most 8 of 64 bins or 20 of 301 frames (0.2 s), milder than SpecAugment's
+    LibriSpeech policies (27 of 80 bins, 100 frames) because a clip holds one short sentence.
+    """
+
+    noise_snr_db: tuple[float, float] | None = (15.0, 30.0)
+    noise_p: float = 0.5
+    time_shift_s: float = 0.2
+    freq_masks: int = 2
+    freq_mask_width: int = 8
+    time_masks: int = 2
+    time_mask_width: int = 20
+
+    def __post_init__(self):
+        """Accept the SNR range as a list (YAML has no tuples) and refuse a reversed one."""
+        if self.noise_snr_db is not None:
+            self.noise_snr_db = tuple(float(v) for v in self.noise_snr_db)
+            if len(self.noise_snr_db) != 2 or self.noise_snr_db[0] > self.noise_snr_db[1]:
+                raise ValueError(f"augment.noise_snr_db must be (low, high) with low <= high, got {self.noise_snr_db}")
+        if not 0.0 <= self.noise_p <= 1.0:
+            raise ValueError(f"augment.noise_p must lie in [0, 1], got {self.noise_p}")
+
+
+class WaveAugment(nn.Module):
+    """Waveforms [B, N] -> [B, N] in training: white noise at a random SNR per clip, then a random zero-filled shift."""
+
+    def __init__(self, cfg: AugmentConfig, sample_rate: int):
+        """Keep the settings; the shift in samples comes from the waveforms' sample rate."""
+        super().__init__()
+        self.cfg = cfg
+        self.max_shift = round(cfg.time_shift_s * sample_rate)
+
+    def add_noise(self, wave: Tensor) -> Tensor:
+        """Gaussian noise scaled to exactly the drawn SNR relative to each clip's own power, on a noise_p share of clips."""
+        low, high = self.cfg.noise_snr_db
+        batch = wave.shape[0]
+        snr_db = low + (high - low) * torch.rand(batch, 1, device=wave.device)
+        noise = torch.randn_like(wave)
+        signal_power = wave.pow(2).mean(dim=1, keepdim=True)
+        noise_power = noise.pow(2).mean(dim=1, keepdim=True).clamp_min(1e-12)
+        scale = torch.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
+        chosen = torch.rand(batch, 1, device=wave.device) < self.cfg.noise_p
+        return wave + noise * scale * chosen
+
+    def shift(self, wave: Tensor) -> Tensor:
+        """Move each clip by a random whole number of samples in [-max_shift, max_shift], filling with zeros."""
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (wave.shape[0],), device=wave.device)
+        return take_windows(wave, -shifts, wave.shape[1])
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """Augmented waveforms when training, the input itself otherwise."""
+        if not self.training:
+            return wave
+        if self.cfg.noise_snr_db is not None:
+            wave = self.add_noise(wave)
+        if self.max_shift > 0:
+            wave = self.shift(wave)
+        return wave
+
+
+class SpecAugment(nn.Module):
+    """Features [B, 1, F, T] -> same shape in training: independent frequency and time masks for every clip."""
+
+    def __init__(self, cfg: AugmentConfig):
+        """torchaudio's maskers; each mask's width is drawn uniformly below the configured maximum."""
+        super().__init__()
+        self.cfg = cfg
+        self.freq = torchaudio.transforms.FrequencyMasking(cfg.freq_mask_width, iid_masks=True)
+        self.time = torchaudio.transforms.TimeMasking(cfg.time_mask_width, iid_masks=True)
+
+    def forward(self, spec: Tensor) -> Tensor:
+        """Masked features when training, the input itself otherwise."""
+        if not self.training:
+            return spec
+        for _ in range(self.cfg.freq_masks):
+            spec = self.freq(spec)
+        for _ in range(self.cfg.time_masks):
+            spec = self.time(spec)
+        return spec

@@ -1,0 +1,171 @@
+"""The loader contract shared by both backends (torch/webdataset and DALI) and the `make_loader` factory.
+
+Rank split (both backends, no communication): the epoch's shard order is laid end to end and rank r takes the samples
+[floor(r*T/W), floor((r+1)*T/W)) of the T samples -- exactly how DALI's reader splits with shard_id/num_shards.
+Evaluation keeps the selection's order; training permutes the shard order every epoch (seeded by seed+epoch, the same
+on every rank, so the ranks' parts stay disjoint). Every rank runs ceil(T / (W*B)) steps of B samples: training
+wraps around its own part to fill them, evaluation pads with rows marked valid=False.
+"""
+import math
+import random
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ravdess_dist.augment import AugmentConfig, SpecAugment
+from ravdess_dist.features import FeatureConfig
+from shards.labels import EMOTIONS
+from shards.manifest import ShardEntry
+
+SHUFFLE_BUFFER = 512  # samples mixed across shards in training (RAVDESS shards hold 28-32 clips)
+BACKENDS = ("torch", "dali")
+
+
+@dataclass
+class Batch:
+    """One step's data on the device: features [B, 1, F, T] float32, labels [B] int64, keys, valid [B] bool."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+    valid: torch.Tensor
+
+
+@dataclass
+class RawBatch:
+    """What a backend hands over: un-augmented features on the device, 8-way `.cls` labels on the CPU, keys."""
+
+    features: torch.Tensor
+    emotions: torch.Tensor
+    keys: list[str]
+
+
+def rank_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The [start, stop) sample range of one rank, DALI's formula (parts differ by at most one sample)."""
+    return total * rank // world_size, total * (rank + 1) // world_size
+
+
+def epoch_order(entries: list[ShardEntry], train: bool, seed: int, epoch: int) -> list[ShardEntry]:
+    """The shard order of one epoch: as given for evaluation, a seed+epoch permutation (rank-independent) for training."""
+    if not train:
+        return list(entries)
+    order = list(entries)
+    random.Random(f"{seed}-{epoch}").shuffle(order)
+    return order
+
+
+def rank_part(entries: list[ShardEntry], rank: int, world_size: int) -> list[tuple[ShardEntry, list[str]]]:
+    """The shards rank RANK opens, in order, each with the keys (in tar order) of its own samples there."""
+    start, stop = rank_bounds(sum(e.samples for e in entries), rank, world_size)
+    part, offset = [], 0
+    for entry in entries:
+        lo, hi = max(start - offset, 0), min(stop - offset, entry.samples)
+        if lo < hi:
+            part.append((entry, entry.keys[lo:hi]))
+        offset += entry.samples
+    return part
+
+
+def label_lookup(class_names: list[str]) -> torch.Tensor:
+    """Map from the shards' 8-way emotion index to the index in CLASS_NAMES (-1 for an emotion not in the list)."""
+    unknown = set(class_names) - set(EMOTIONS)
+    if unknown:
+        raise ValueError(f"unknown class name(s) {sorted(unknown)}")
+    return torch.tensor([class_names.index(e) if e in class_names else -1 for e in EMOTIONS], dtype=torch.int64)
+
+
+def sub_seed(*parts: int) -> int:
+    """One 31-bit seed from several integers (seed, epoch, rank, worker), well mixed and reproducible."""
+    return int(np.random.SeedSequence(parts).generate_state(1)[0] >> 1)
+
+
+class ShardLoader:
+    """Base of both backends: rank split, step count, labels, padding, SpecAugment; a backend yields RawBatches."""
+
+    def __init__(self, root: Path, entries: list[ShardEntry], class_names: list[str], batch_size: int, train: bool,
+                 features: FeatureConfig, augment: AugmentConfig | None, device: torch.device, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, num_workers: int = 2):
+        """Check the arguments and compute this rank's share from the manifest's sample counts alone."""
+        if not entries:
+            raise ValueError("no shards selected: check the intensity and the actors of the split")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.root, self.entries, self.class_names = Path(root), list(entries), list(class_names)
+        self.batch_size, self.train, self.features, self.device = batch_size, train, features, torch.device(device)
+        self.augment = augment if train else None
+        self.rank, self.world_size, self.seed, self.num_workers = rank, world_size, seed, num_workers
+        self.total = sum(e.samples for e in self.entries)
+        start, stop = rank_bounds(self.total, rank, world_size)
+        self.num_samples = stop - start
+        if train and self.num_samples == 0:
+            raise ValueError(f"{self.total} training samples cannot feed {world_size} ranks")
+        self.epoch = 0
+        self.lookup = label_lookup(self.class_names)
+        self.spec_augment = SpecAugment(self.augment).to(self.device) if self.augment else None
+
+    def __len__(self) -> int:
+        """Steps per epoch, the same on every rank: ceil(total samples / (world size * batch size))."""
+        return math.ceil(self.total / (self.world_size * self.batch_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shard order, shuffling and crops the next iteration replays."""
+        self.epoch = epoch
+
+    def raw_batches(self) -> Generator[RawBatch, None, None]:
+        """The backend's batches: endless full ones when training, this rank's part once (last one short) otherwise."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Exactly len(self) batches of batch_size rows; padding rows (evaluation only) have valid=False."""
+        raw, last = self.raw_batches(), None
+        try:
+            for _ in range(len(self)):
+                batch = next(raw, None)
+                last = self.finish(batch) if batch is not None else self.padding(last)
+                yield last
+        finally:
+            raw.close()  # training streams are endless: stop this one here
+
+    def finish(self, raw: RawBatch) -> Batch:
+        """Map labels to class indices, pad a short batch, apply SpecAugment when training."""
+        labels = self.lookup[raw.emotions]
+        if (labels < 0).any():
+            missing = sorted({EMOTIONS[e] for e, l in zip(raw.emotions.tolist(), labels.tolist()) if l < 0})
+            raise ValueError(f"emotion(s) {missing} are not among the classes {self.class_names}")
+        n, fill = len(raw.keys), self.batch_size - len(raw.keys)
+        valid = torch.arange(self.batch_size) < n
+        features = raw.features
+        if fill:  # repeat the last real row: the shape stays fixed and the row is real data, only flagged
+            rows = torch.cat([torch.arange(n), torch.full((fill,), n - 1)])
+            features, labels = features[rows.to(features.device)], labels[rows]
+        if self.spec_augment is not None:
+            features = self.spec_augment(features)
+        return Batch(features, labels.to(self.device, non_blocking=True), list(raw.keys) + [raw.keys[-1]] * fill,
+                     valid.to(self.device, non_blocking=True))
+
+    def padding(self, last: Batch | None) -> Batch:
+        """A batch of padding rows only, for a rank whose part ran out before the others'."""
+        if last is None:  # this rank's part is empty: zeros of the right shape
+            shape = (self.batch_size, 1, self.features.num_bins, self.features.num_frames)
+            last = Batch(torch.zeros(shape, device=self.device), torch.zeros(self.batch_size, dtype=torch.int64,
+                         device=self.device), [""] * self.batch_size, torch.zeros(self.batch_size, dtype=torch.bool))
+        return Batch(last.features, last.labels, last.keys, torch.zeros_like(last.valid, device=self.device))
+
+
+def make_loader(backend: str, root: Path, entries: list[ShardEntry], class_names: list[str], batch_size: int,
+                train: bool, features: FeatureConfig, augment: AugmentConfig | None, device: torch.device,
+                rank: int = 0, world_size: int = 1, seed: int = 0, num_workers: int = 2) -> ShardLoader:
+    """A loader of this rank's batches from the shards ENTRIES under ROOT, by the named backend."""
+    if backend == "torch":
+        from ravdess_dist.loader_torch import TorchLoader as cls
+    elif backend == "dali":
+        from ravdess_dist.loader_dali import DaliLoader as cls
+    else:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    return cls(root, entries, class_names, batch_size, train, features, augment, device, rank, world_size, seed,
+               num_workers)

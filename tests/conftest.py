@@ -1,0 +1,3 @@
+"""Shared pytest setup: registers the fixture modules."""
+
+pytest_plugins = ["tests.slurm_cluster"]

@@ -1,0 +1,81 @@
+"""Augmentation: identity in eval mode, random in training, noise at the configured SNR, shifts within bounds."""
+import pytest
+import torch
+
+from ravdess_dist.augment import AugmentConfig, SpecAugment, WaveAugment
+
+SR = 1000
+
+
+def waves(batch: int = 16, n: int = 2000) -> torch.Tensor:
+    """Sines of different loudness and pitch, so each clip has its own power."""
+    t = torch.arange(n) / SR
+    amp = torch.linspace(0.01, 1.0, batch)[:, None]
+    return amp * torch.sin(2 * torch.pi * torch.linspace(50, 200, batch)[:, None] * t)
+
+
+@pytest.mark.parametrize("make, x", [(lambda c: WaveAugment(c, SR), waves()),
+                                     (SpecAugment, torch.randn(4, 1, 64, 101))])
+def test_identity_in_eval_and_random_in_training(make, x):
+    """eval(): output equals input, twice; train(): output differs from the input and between calls."""
+    module = make(AugmentConfig(noise_p=1.0)).eval()
+    torch.manual_seed(0)
+    first, second = module(x), module(x)
+    assert torch.equal(first, x) and torch.equal(second, x)
+    module.train()
+    a, b = module(x), module(x)
+    assert not torch.equal(a, x) and not torch.equal(a, b)
+    assert a.shape == x.shape
+
+
+def test_noise_snr_lies_in_range_per_clip():
+    """Measured SNR of the added noise, against each clip's own power, is inside the range and spread over it."""
+    module = WaveAugment(AugmentConfig(noise_snr_db=(15.0, 30.0), noise_p=1.0, time_shift_s=0.0), SR).train()
+    torch.manual_seed(0)
+    x = waves(64)
+    noise = module(x) - x
+    snr = 10 * torch.log10(x.pow(2).mean(1) / noise.pow(2).mean(1))
+    assert snr.min() >= 15.0 - 1e-3 and snr.max() <= 30.0 + 1e-3
+    assert snr.max() - snr.min() > 7.5
+
+
+def test_noise_p_share_of_clips_is_noisy():
+    """noise_p=0.5 leaves roughly half of the clips clean."""
+    module = WaveAugment(AugmentConfig(noise_p=0.5, time_shift_s=0.0), SR).train()
+    torch.manual_seed(0)
+    x = waves(200)
+    clean = (module(x) == x).all(dim=1).float().mean()
+    assert 0.35 < clean < 0.65
+
+
+def test_shift_is_a_zero_filled_move_within_bounds():
+    """Without noise, each clip is the input moved by at most time_shift_s, zeros where audio left."""
+    module = WaveAugment(AugmentConfig(noise_snr_db=None, time_shift_s=0.02), SR).train()  # 20 samples
+    torch.manual_seed(0)
+    x = waves(8, 200) + 2.0  # no zeros inside the audio
+    out = module(x)
+    moved = set()
+    for row, clip in zip(out, x):
+        fits = [s for s in range(-20, 21) if torch.equal(row, torch.roll(clip, s) * (
+            (torch.arange(200) - s >= 0) & (torch.arange(200) - s < 200)))]
+        assert len(fits) == 1
+        moved.add(fits[0])
+    assert len(moved) > 1
+
+
+def test_spec_masks_differ_between_clips_and_stay_in_width():
+    """iid masks: identical clips get different masks; no frequency mask is wider than allowed in total."""
+    cfg = AugmentConfig(freq_masks=1, freq_mask_width=8, time_masks=0)
+    module = SpecAugment(cfg).train()
+    torch.manual_seed(0)
+    out = module(torch.ones(16, 1, 64, 50))
+    masked_bins = (out[:, 0] == 0).all(dim=-1).sum(dim=-1)
+    assert masked_bins.max() <= 8 and masked_bins.sum() > 0
+    assert len({tuple(m.tolist()) for m in (out[:, 0, :, 0] == 0)}) > 1
+
+
+def test_config_accepts_yaml_list_and_refuses_reversed_range():
+    """YAML gives lists: they become tuples; (high, low) is an error."""
+    assert AugmentConfig(noise_snr_db=[10, 20]).noise_snr_db == (10.0, 20.0)
+    with pytest.raises(ValueError, match="noise_snr_db"):
+        AugmentConfig(noise_snr_db=(30.0, 15.0))

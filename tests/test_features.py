@@ -1,0 +1,125 @@
+"""Feature front end: torchaudio log-mel/MFCC against librosa on real speech, float32 under autocast, fixed-length crops."""
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from ravdess_dist.features import FeatureConfig, Frontend, crop_or_pad
+from shards.audio import read_mono
+from tests.corpus import SAMPLE
+
+CLIP = SAMPLE / "Actor_01" / "03-01-05-02-01-01-01.flac"  # angry, strong: a wide dynamic range
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """One real 16 kHz RAVDESS clip from the bundled sample."""
+    wave, sr = read_mono(CLIP)
+    assert sr == 16000
+    return wave
+
+
+def librosa_mel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """librosa's power mel spectrogram with the settings the front end claims to match."""
+    return librosa.feature.melspectrogram(
+        y=wave, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+        n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max, htk=False, norm="slaney", center=True, pad_mode="constant")
+
+
+def test_log_mel_matches_librosa(speech):
+    """Power within 1e-4 relative (of the peak) and dB within 1e-3 of librosa, top_db applied per clip."""
+    cfg = FeatureConfig(normalize=False)
+    frontend = Frontend(cfg)
+    wave = torch.from_numpy(speech)[None]
+    ref_power = librosa_mel(speech, cfg)
+    power = frontend.mel(wave)[0].numpy()
+    assert power.shape == ref_power.shape
+    np.testing.assert_allclose(power, ref_power, rtol=1e-4, atol=1e-6 * ref_power.max())
+    ref_db = librosa.power_to_db(ref_power, ref=1.0, amin=1e-10, top_db=cfg.top_db)
+    np.testing.assert_allclose(frontend.log_mel(wave)[0, 0].numpy(), ref_db, atol=1e-3)
+
+
+def test_top_db_floor_is_per_clip_not_per_batch(speech):
+    """A loud clip beside a quiet one does not raise the quiet clip's floor."""
+    frontend = Frontend(FeatureConfig(normalize=False))
+    quiet = torch.from_numpy(speech)[None] * 1e-3
+    alone = frontend.log_mel(quiet)
+    beside_loud = frontend.log_mel(torch.cat([quiet * 1e3, quiet]))[1:]
+    torch.testing.assert_close(beside_loud, alone)
+
+
+def test_mfcc_matches_librosa(speech):
+    """40 MFCCs from the same dB mel equal librosa.feature.mfcc (DCT-II, ortho)."""
+    cfg = FeatureConfig(kind="mfcc", normalize=False)
+    ref = librosa.feature.mfcc(S=librosa.power_to_db(librosa_mel(speech, cfg), top_db=cfg.top_db), n_mfcc=cfg.n_mfcc)
+    out = Frontend(cfg)(torch.from_numpy(speech)[None])
+    assert out.shape == (1, 1, 40, ref.shape[1]) and cfg.num_bins == 40
+    np.testing.assert_allclose(out[0, 0].numpy(), ref, atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["logmel", "mfcc"])
+def test_float32_under_autocast_and_fixed_shape(speech, kind):
+    """bf16 autocast does not reach the front end: float32, finite, identical to no autocast; T == cfg.num_frames."""
+    cfg = FeatureConfig(kind=kind)
+    frontend = Frontend(cfg)
+    wave = crop_or_pad(torch.from_numpy(speech)[None].repeat(2, 1), cfg.num_samples, train=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = frontend(wave.to(torch.bfloat16))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out.shape == (2, 1, cfg.num_bins, cfg.num_frames) == (2, 1, cfg.num_bins, 301)
+    torch.testing.assert_close(out, frontend(wave.to(torch.bfloat16)))
+
+
+def test_finish_reuses_normalisation_on_precomputed_db(speech):
+    """A [B, F, T] dB mel (what DALI gives) goes through `finish` to the same features; each bin is standardised."""
+    frontend = Frontend(FeatureConfig())
+    wave = torch.from_numpy(speech)[None]
+    out = frontend(wave)
+    torch.testing.assert_close(frontend.finish(frontend.log_mel(wave).squeeze(1)), out)
+    torch.testing.assert_close(out.mean(dim=-1), torch.zeros(1, 1, 64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(dim=-1, unbiased=False), torch.ones(1, 1, 64), atol=1e-3, rtol=0)
+
+
+def test_config_sizes_and_validation():
+    """num_frames counts centred frames; num_bins follows the kind; a bad kind is refused."""
+    assert FeatureConfig().num_frames == 1 + 48000 // 160 and FeatureConfig().num_bins == 64
+    assert FeatureConfig(clip_seconds=1.0, hop_length=100).num_frames == 161
+    with pytest.raises(ValueError, match="kind"):
+        FeatureConfig(kind="spectrogram")
+
+
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three clips of 600, 480 and 300 samples padded to 600 with junk (not zeros) past their ends."""
+    wave = torch.randn(3, 600, generator=torch.Generator().manual_seed(0))
+    return wave, torch.tensor([600, 480, 300])
+
+
+def test_crop_eval_is_centred_and_deterministic():
+    """Eval: long clips cropped from the centre, short ones zero-padded at the end, same result every call."""
+    wave, lengths = padded_batch()
+    out = crop_or_pad(wave, 400, train=False, lengths=lengths)
+    torch.testing.assert_close(out, crop_or_pad(wave, 400, train=False, lengths=lengths))
+    torch.testing.assert_close(out[0], wave[0, 100:500])
+    torch.testing.assert_close(out[1], wave[1, 40:440])
+    torch.testing.assert_close(out[2, :300], wave[2, :300])
+    assert (out[2, 300:] == 0).all()
+    assert crop_or_pad(wave[:, :300], 400, train=False).shape == (3, 400)
+
+
+def window_start(out: torch.Tensor, clip: torch.Tensor) -> int:
+    """The offset at which OUT appears inside CLIP (asserts that it does)."""
+    starts = [s for s in range(len(clip) - len(out) + 1) if torch.equal(clip[s:s + len(out)], out)]
+    assert len(starts) == 1
+    return starts[0]
+
+
+def test_crop_train_is_random_within_the_clip_and_reproducible():
+    """Train: each crop is a window of the real audio; offsets change with the generator, repeat with its seed."""
+    wave, lengths = padded_batch()
+    crops = [crop_or_pad(wave, 400, train=True, lengths=lengths, generator=torch.Generator().manual_seed(s))
+             for s in range(8)]
+    starts = {window_start(c[1], wave[1, :480]) for c in crops}
+    assert len(starts) > 1 and all(0 <= s <= 80 for s in starts)
+    again = crop_or_pad(wave, 400, train=True, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, crops[0])
+    assert all((c[2, 300:] == 0).all() for c in crops)

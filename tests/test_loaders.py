@@ -1,0 +1,191 @@
+"""Both data-loader backends on shards of the bundled sample: same clips, labels and features; exact rank splits in
+real separate processes; training streams; augmentation; the error when DALI is missing."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from preprocess.__main__ import main as preprocess
+from ravdess_dist.augment import AugmentConfig
+from ravdess_dist.features import FeatureConfig
+from ravdess_dist.loaders import make_loader, rank_bounds, rank_part
+from shards.labels import EMOTIONS
+from shards.manifest import Manifest
+from tests.corpus import SAMPLE
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+BACKENDS = ("torch", "dali")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Shards of the bundled sample (actors 1-4, 16 kHz): 8 shards, 128 normal and 112 strong clips."""
+    out = tmp_path_factory.mktemp("sample")
+    assert preprocess(["--archive", str(SAMPLE), "--out", str(out), "--no-analysis", "--jobs", "2"]) == 0
+    return out / "shards"
+
+
+def loader(backend: str, root: Path, intensity: str, batch_size: int, train: bool = False, augment=None, **kw):
+    """make_loader over one selection of ROOT's shards on the CPU."""
+    manifest = Manifest.load(root)
+    return make_loader(backend, root, manifest.select(intensity), manifest.class_names(intensity), batch_size, train,
+                       kw.pop("features", FeatureConfig()), augment, CPU, **kw)
+
+
+def collect(batches) -> dict:
+    """key -> (features [1, F, T], label) of the valid rows; a key seen twice fails."""
+    seen = {}
+    for batch in batches:
+        for i, (key, valid) in enumerate(zip(batch.keys, batch.valid.tolist())):
+            if valid:
+                assert key not in seen, f"{key} yielded twice"
+                seen[key] = (batch.features[i], int(batch.labels[i]))
+    return seen
+
+
+def emotion_of(key: str) -> str:
+    """The emotion a RAVDESS key names (third field, 01..08)."""
+    return EMOTIONS[int(key.split("-")[2]) - 1]
+
+
+def test_rank_parts_are_disjoint_balanced_and_cover_everything(shards):
+    """Every sample in exactly one rank's part, parts differing by at most one sample, for 1 to 5 ranks."""
+    entries = Manifest.load(shards).select("all")
+    everything = [k for e in entries for k in e.keys]
+    for world in range(1, 6):
+        parts = [[k for _, keys in rank_part(entries, r, world) for k in keys] for r in range(world)]
+        assert sorted(k for p in parts for k in p) == sorted(everything)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_both_backends_read_exactly_the_planned_part(shards):
+    """112 clips over 3 ranks (37, 37, 38): each backend's rank reads the planned part, in order -- DALI splitting
+    with shard_id/num_shards and the torch backend filtering by key agree sample for sample."""
+    entries = Manifest.load(shards).select("strong")
+    for rank in range(3):
+        planned = [k for _, keys in rank_part(entries, rank, 3) for k in keys]
+        assert len(planned) == rank_bounds(112, rank, 3)[1] - rank_bounds(112, rank, 3)[0] == (37, 37, 38)[rank]
+        for backend in BACKENDS:
+            assert list(collect(loader(backend, shards, "strong", 16, rank=rank, world_size=3))) == planned, backend
+
+
+@pytest.mark.parametrize("intensity", ["normal", "strong"])
+def test_backends_give_the_same_clips_labels_and_features(shards, intensity):
+    """Evaluation: both backends yield every clip once, label = its emotion's index in the class list, and the same
+    un-normalised dB log-mel (DALI's spectrogram vs torchaudio's on the same 16 kHz waveform: < 0.1 dB mean)."""
+    manifest = Manifest.load(shards)
+    classes = manifest.class_names(intensity)
+    assert len(classes) == (8 if intensity == "normal" else 7)
+    raw = FeatureConfig(normalize=False)
+    got = {b: collect(loader(b, shards, intensity, 24, features=raw)) for b in BACKENDS}
+    expected = {k for e in manifest.select(intensity) for k in e.keys}
+    assert set(got["torch"]) == set(got["dali"]) == expected
+    for key, (features, label) in got["torch"].items():
+        assert classes[label] == emotion_of(key) == classes[got["dali"][key][1]]
+        assert features.shape == (1, raw.n_mels, raw.num_frames)
+        assert (features - got["dali"][key][0]).abs().mean() < 0.1
+
+
+def test_eval_is_deterministic_and_padded_to_full_batches(shards):
+    """Two evaluation passes give identical batches; the padding rows of the last batch are flagged valid=False."""
+    for backend in BACKENDS:
+        ldr = loader(backend, shards, "strong", 48)
+        first, second = list(ldr), list(ldr)
+        assert len(first) == len(ldr) == 3 and all(b.features.shape[0] == 48 for b in first)
+        assert [b.valid.sum().item() for b in first] == [48, 48, 16]
+        for a, b in zip(first, second):
+            assert a.keys == b.keys and torch.equal(a.features, b.features) and torch.equal(a.valid, b.valid)
+
+
+def test_training_augments_reshuffles_and_replays(shards):
+    """Training: full valid batches; the same epoch replays identically, another epoch reorders; augmentation
+    changes the features of the same crops."""
+    for backend in BACKENDS:
+        plain = loader(backend, shards, "normal", 32, train=True)
+        noisy = loader(backend, shards, "normal", 32, train=True, augment=AugmentConfig(noise_p=1.0))
+        passes = {}
+        for name, ldr, epoch in [("plain0", plain, 0), ("again0", plain, 0), ("plain1", plain, 1), ("noisy0", noisy, 0)]:
+            ldr.set_epoch(epoch)
+            torch.manual_seed(0)  # SpecAugment draws from the global generator, which the trainer seeds per epoch
+            passes[name] = list(ldr)
+            assert len(passes[name]) == len(ldr) == 4
+            assert all(b.valid.all() and len(b.keys) == 32 for b in passes[name])
+        keys = {name: [k for b in batches for k in b.keys] for name, batches in passes.items()}
+        assert keys["plain0"] == keys["again0"] == keys["noisy0"] and keys["plain1"] != keys["plain0"]
+        assert len(set(keys["plain0"])) == 128  # one pass covers the whole selection
+        same = [torch.equal(a.features, b.features) for a, b in zip(passes["plain0"], passes["again0"])]
+        changed = [torch.equal(a.features, b.features) for a, b in zip(passes["plain0"], passes["noisy0"])]
+        assert all(same) and not any(changed), backend
+
+
+def test_more_workers_than_shards(shards):
+    """One shard, two workers, one of which has nothing to read: each mode still yields the shard's clips once."""
+    manifest = Manifest.load(shards)
+    entry = manifest.select("normal", actors=[2])
+    for train in (False, True):
+        ldr = make_loader("torch", shards, entry, manifest.class_names("normal"), 32, train, FeatureConfig(),
+                          AugmentConfig() if train else None, CPU, num_workers=2)
+        assert sorted(collect(ldr)) == sorted(entry[0].keys)
+
+
+def test_rank_without_samples_yields_only_padding(shards):
+    """More ranks than clips (evaluation): the empty rank still takes len() steps, every row flagged invalid."""
+    manifest = Manifest.load(shards)
+    entry = manifest.select("normal", actors=[1])
+    for backend in BACKENDS:
+        ldr = make_loader(backend, shards, entry, manifest.class_names("normal"), 4, False, FeatureConfig(), None, CPU,
+                          rank=0, world_size=33)  # 32 clips: rank 0 gets none
+        batches = list(ldr)
+        assert ldr.num_samples == 0 and len(batches) == len(ldr) == 1
+        assert not batches[0].valid.any() and batches[0].features.shape == (4, 1, 64, 301)
+
+
+def rank_report(root: str, rank: int, world: int, out: str) -> None:
+    """Run in a separate process per rank: each backend's eval keys and steps, and its training batch sizes, to JSON."""
+    report = {}
+    for backend in BACKENDS:
+        evaluation = loader(backend, Path(root), "all", 16, rank=rank, world_size=world)
+        batches = list(evaluation)
+        training = loader(backend, Path(root), "all", 16, train=True, augment=AugmentConfig(), rank=rank,
+                          world_size=world)
+        report[backend] = {"len": len(evaluation), "steps": len(batches), "num_samples": evaluation.num_samples,
+                           "keys": [k for b in batches for k, v in zip(b.keys, b.valid.tolist()) if v],
+                           "train_len": len(training),
+                           "train_rows": [[len(b.keys), int(b.valid.sum())] for b in training]}
+    Path(out).write_text(json.dumps(report))
+
+
+def test_two_ranks_in_separate_processes(shards, tmp_path):
+    """Two real processes (WORLD_SIZE=2 set, as under a launcher): equal step counts, eval parts disjoint and together
+    every clip, same part for both backends; training: the same number of full batches on both ranks."""
+    procs = []
+    for rank in range(2):
+        code = f"from tests.test_loaders import rank_report; rank_report({str(shards)!r}, {rank}, 2, {str(tmp_path / f'{rank}.json')!r})"
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    everything = {k for e in Manifest.load(shards).select("all") for k in e.keys}
+    for backend in BACKENDS:
+        r0, r1 = ranks[0][backend], ranks[1][backend]
+        assert r0["len"] == r1["len"] == r0["steps"] == r1["steps"] == 8  # ceil(240 / (2 * 16)), last batch 8 + 8 padding
+        assert set(r0["keys"]).isdisjoint(r1["keys"]) and set(r0["keys"]) | set(r1["keys"]) == everything
+        assert len(r0["keys"]) == r0["num_samples"] == 120 and len(r1["keys"]) == r1["num_samples"] == 120
+        assert r0["train_len"] == r1["train_len"] == 8
+        assert r0["train_rows"] == r1["train_rows"] == [[16, 16]] * 8
+    for rank in ranks:
+        assert rank["torch"]["keys"] == rank["dali"]["keys"]
+
+
+def test_missing_dali_names_the_fix(shards, monkeypatch):
+    """Without nvidia.dali importable, asking for the dali backend says how to install it."""
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # what Python does for a package that is absent
+    monkeypatch.delitem(sys.modules, "ravdess_dist.loader_dali", raising=False)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[dali\]'"):
+        loader("dali", shards, "normal", 8)

@@ -1,0 +1,204 @@
+"""The trainer for real: train.py and accelerate launch in subprocesses on a tiny generated corpus."""
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ravdess_dist.checkpoint import load_checkpoint, save_checkpoint
+from tests.corpus import tone
+from tests.trainer_fixtures import run_python, tiny_config, tiny_shards, train_args
+
+SIGNAL_AT = """
+import os, signal, sys
+from ravdess_dist import trainer
+calls, original = 0, trainer.Run.should_stop
+def should_stop(self):
+    global calls
+    calls += 1
+    if calls == {step}:
+        os.kill(os.getpid(), signal.{signal})
+    return original(self)
+trainer.Run.should_stop = should_stop
+sys.argv = ["train.py", *sys.argv[1:]]
+exec(open("train.py").read())
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Shards of six generated actors and the tiny config."""
+    tmp = tmp_path_factory.mktemp("trainer")
+    return tmp, tiny_shards(tmp / "data"), tiny_config(tmp / "tiny.yaml")
+
+
+def train(setup, run, *extra, signal_at=None):
+    """Run train.py (optionally signalling itself at a step) and return the process."""
+    tmp, shards, config = setup
+    args = train_args(tmp, shards, config, run, *extra)
+    if signal_at:
+        step, sig = signal_at
+        return run_python(["-c", SIGNAL_AT.replace("{step}", str(step)).replace("{signal}", sig), *args])
+    return run_python(["train.py", *args])
+
+
+def metrics(setup, run) -> dict:
+    """metrics.json of a finished run."""
+    return json.loads((setup[0] / "models" / run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+    """One finished 4-epoch run, shared by the tests that inspect its outputs."""
+    proc = train(setup, "base", "--epochs", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return setup[0] / "models/base"
+
+
+def test_run_writes_checkpoints_metrics_and_predictions(trained, setup):
+    """best/last checkpoints, config, confusion matrix, metrics; each test clip predicted exactly once."""
+    for name in ("best.pt", "last.pt", "config.yaml", "confusion_matrix.png", "metrics.json", "data_parts.json"):
+        assert (trained / name).is_file(), name
+    m = metrics(setup, "base")
+    assert m["classes"] == ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    assert m["split"]["test"] and not set(m["split"]["test"]) & set(m["split"]["train"] + m["split"]["val"])
+    assert m["test"]["clips"] == 32 * len(m["split"]["test"]) == np.sum(m["confusion_matrix"])
+    preds = json.loads((trained / "predictions.json").read_text())
+    assert len({p["key"] for p in preds}) == len(preds) == m["test"]["clips"]
+    assert {int(p["key"][-2:]) for p in preds} == set(m["split"]["test"])
+    assert m["test"]["ua"] > 0.25  # tones encode the emotion: well above chance (12.5 %)
+    assert len(m["history"]) == 4 and 0 <= m["best_epoch"] < 4
+
+
+def test_tensorboard_has_the_expected_tags(trained):
+    """Scalars per epoch, input and confusion-matrix images, hyper-parameters, read back from the event files."""
+    scalars, images = {}, set()
+    for events in (trained.parent.parent / "runs" / "base").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        scalars |= {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+        images |= set(acc.Tags()["images"])
+    assert {"train/loss", "train/lr", "train/clips_per_s", "train/data_wait_fraction", "val/wa", "val/ua",
+            "val/macro_f1", "test/ua", "hparam/test_ua"} <= set(scalars)
+    assert {"inputs/features", "test/confusion_matrix"} <= images
+    assert scalars["val/ua"] == scalars["train/loss"] == [0, 1, 2, 3]
+
+
+def test_two_process_ddp_through_accelerate_launch(setup):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: 2 ranks, disjoint data, identical weights."""
+    tmp, shards, config = setup
+    proc = run_python(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                       "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29731", "train.py",
+                       *train_args(tmp, shards, config, "ddp", "--epochs", "2")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = metrics(setup, "ddp")
+    assert m["world_size"] == 2 and len(m["weight_checksums"]) == 2 and len(set(m["weight_checksums"])) == 1
+    parts = json.loads((tmp / "models/ddp/data_parts.json").read_text())
+    keys = [set(p["train_keys_epoch0"]) for p in parts]
+    assert len(keys) == 2 and keys[0] and keys[1] and not keys[0] & keys[1]
+    assert len(keys[0] | keys[1]) == 32 * len(m["split"]["train"])
+    assert m["test"]["clips"] == 32 * len(m["split"]["test"])  # each test clip counted once across ranks
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(trained, setup):
+    """Killed with SIGKILL in epoch 2, resumed from last.pt: the same final metrics as the run that was not killed."""
+    proc = train(setup, "killed", "--epochs", "4", signal_at=(2 * 8 + 3, "SIGKILL"))  # 8 steps per epoch
+    assert proc.returncode == -9
+    assert load_checkpoint(setup[0] / "models/killed/last.pt")["epoch"] == 2
+    proc = train(setup, "killed", "--epochs", "4", "--resume", str(setup[0] / "models/killed"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from epoch 2 step 0" in proc.stdout
+    a, b = metrics(setup, "base"), metrics(setup, "killed")
+    assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], abs=1e-6)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(setup):
+    """SIGTERM (a cluster's preemption) mid-epoch: checkpoint at that step, exit 143, resume finishes the run."""
+    proc = train(setup, "preempted", "--epochs", "3", signal_at=(8 + 5, "SIGTERM"))
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    state = load_checkpoint(setup[0] / "models/preempted/last.pt")
+    assert (state["epoch"], state["step"]) == (1, 5)
+    proc = train(setup, "preempted", "--epochs", "3", "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from epoch 1 step 5" in proc.stdout
+    assert [h["epoch"] for h in metrics(setup, "preempted")["history"]] == [0, 1, 2]
+
+
+def test_bf16_autocast_on_cpu(setup):
+    """--mixed-precision bf16 trains on a CPU with finite losses."""
+    proc = train(setup, "bf16", "--epochs", "1", "--mixed-precision", "bf16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = metrics(setup, "bf16")
+    assert m["mixed_precision"] == "bf16" and math.isfinite(m["history"][0]["loss"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds", "3", "--test-actors", "1", "--val-actors", "2"], "exclude each other"),
+    (["--mixed-precision", "fp16"], "fp16 needs a GPU"),
+    (["--test-actors", "1", "--val-actors", "9"], r"actor\(s\) \[9\] are not in the shards"),
+    (["--epochs", "0"], "epochs must be positive"),
+])
+def test_inconsistent_options_fail_before_training(setup, extra, message):
+    """Bad option combinations: a one-line error and a non-zero exit, no run folder."""
+    proc = train(setup, "bad", *extra)
+    assert proc.returncode != 0 and message.split("\\")[0].strip("r") in proc.stderr.replace("\\", "")
+    assert "Traceback" not in proc.stderr
+    assert not (setup[0] / "models/bad/last.pt").exists()
+
+
+def test_unknown_yaml_key_is_named(setup, tmp_path):
+    """A typo in a config file names the file and the key."""
+    config = tiny_config(tmp_path / "typo.yaml", learning_rate=0.1)
+    proc = run_python(["train.py", "--config", str(config), "--shards", str(setup[1])])
+    assert proc.returncode != 0 and "typo.yaml" in proc.stderr and "learning_rate" in proc.stderr
+
+
+def test_checkpoint_round_trip_and_corrupt_file(tmp_path, trained):
+    """A checkpoint survives save/load with weights_only; a corrupt or foreign file is a clear error."""
+    state = load_checkpoint(trained / "best.pt")
+    copy = save_checkpoint(tmp_path / "copy.pt", state)
+    again = load_checkpoint(copy)
+    assert again["classes"] == state["classes"] and again["epoch"] == state["epoch"]
+    assert all((again["model"][k] == v).all() for k, v in state["model"].items())
+    copy.write_bytes(copy.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="copy.pt: not a readable checkpoint"):
+        load_checkpoint(copy)
+    save_checkpoint(tmp_path / "foreign.pt", {"weights": 1})
+    with pytest.raises(ValueError, match="not a ravdess_dist checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_resume_with_another_model_is_refused(trained, setup):
+    """Resuming a hybrid checkpoint as a cnn names the mismatch."""
+    proc = train(setup, "other", "--model", "cnn", "--resume", str(trained / "last.pt"))
+    assert proc.returncode != 0 and "checkpoint has model='hybrid'" in proc.stderr
+
+
+def test_predict_stereo_48k_file(trained, tmp_path):
+    """predict resamples and downmixes any file, and prints class probabilities that sum to 1."""
+    wav = tmp_path / "stereo.wav"
+    sf.write(wav, tone(2.2, 48000, 330, channels=2), 48000)
+    proc = run_python(["-m", "ravdess_dist.predict", str(trained), str(wav), "--json"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["file"] == str(wav) and len(out["probabilities"]) == 8
+    assert sum(out["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    assert out["emotion"] == max(out["probabilities"], key=out["probabilities"].get)
+    proc = run_python(["-m", "ravdess_dist.predict", str(trained), str(tmp_path / "missing.wav")])
+    assert proc.returncode == 1 and "missing.wav" in proc.stderr
+
+
+def test_cross_validation_aggregates_every_fold(setup):
+    """cv with 3 folds trains 3 runs and summarises 3 results with mean and std."""
+    tmp, shards, config = setup
+    proc = run_python(["-m", "ravdess_dist.cv", *train_args(tmp, shards, config, "cv3", "--folds", "3", "--epochs", "1")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp / "models/cv3/summary.json").read_text())
+    assert len(summary["runs"]) == 3
+    assert sorted(a for r in summary["runs"] for a in r["test_actors"]) == [1, 2, 3, 4, 5, 6]
+    [row] = summary["summary"]
+    assert row["folds"] == 3 and row["ua_mean"] == pytest.approx(np.mean([r["ua"] for r in summary["runs"]]))
+    assert "± " in (tmp / "models/cv3/summary.md").read_text()
