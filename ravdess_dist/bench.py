@@ -15,7 +15,8 @@ from ravdess_dist.loaders import BACKENDS, make_loader
 from shards.labels import SELECTIONS
 from shards.manifest import Manifest
 
-NOTEBOOK = {"sr": 48000, "offset": 0.5, "duration": 3.0, "n_mfcc": 40, "n_fft": 1024, "win_length": 512, "window": "hamming"}
+NOTEBOOK = {"sr": 48000, "offset": 0.5, "duration": 3.0, "n_mfcc": 40, "n_fft": 1024, "win_length": 512,
+            "window": "hamming"}
 
 
 def notebook_pass(paths: list[Path], device: torch.device) -> int:
@@ -115,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ravdess_dist.bench", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     feat = sub.add_parser("features", help="clips/s from storage to features on the device, per method")
-    feat.add_argument("--shards", type=Path, default=Path("working_directory/shards"), help="shard root (manifest.json)")
+    feat.add_argument("--shards", type=Path, default=Path("working_directory/shards"),
+                      help="shard root (with manifest.json)")
     feat.add_argument("--intensity", choices=SELECTIONS, default="all")
     feat.add_argument("--batch-size", type=int, default=64)
     feat.add_argument("--num-workers", type=int, default=2, help="DataLoader workers / DALI threads")

@@ -11,9 +11,12 @@ epoch replays identically and an abandoned pass never leaks into the next.
 
 Features match the torch Frontend: DALI's spectrogram centres 25 ms windows with zero padding (torchaudio's
 pad_mode="constant"), its slaney mel filter bank equals torchaudio's norm="slaney", mel_scale="slaney", and the dB step
-floors at 1e-10 (torchaudio's amin) and then at each clip's peak minus top_db (torchaudio's 4-D top_db). Measured: mean
-absolute difference about 0.01 dB on the same waveform. Crops and augmentations follow crop_or_pad and WaveAugment.
+floors at 1e-10 (torchaudio's amin) and then at each clip's peak minus top_db (torchaudio's 4-D top_db); the window is
+torch's periodic Hann. Measured on the bundled sample: the two backends' dB log-mel differ by about 1e-5 dB on average.
+Crops and augmentations follow crop_or_pad and WaveAugment (same distributions, not the same random draws).
 """
+import gc
+
 import torch
 
 try:
@@ -21,7 +24,7 @@ try:
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 except ImportError as err:  # the extra is optional: the torch backend needs none of it
-    raise ImportError("the dali backend needs NVIDIA DALI: pip install -e '.[dali]' (installs nvidia-dali-cuda130)") from err
+    raise ImportError("the dali backend needs NVIDIA DALI: pip install -e '.[dali]' (nvidia-dali-cuda130)") from err
 
 from ravdess_dist.augment import AugmentConfig
 from ravdess_dist.features import FeatureConfig, Frontend
@@ -48,7 +51,7 @@ def add_noise(audio, cfg: AugmentConfig, device: str):
     Runs where AUDIO lives (the GPU when there is one: Gaussian noise costs ~2 ms per clip on a CPU thread).
     """
     low, high = cfg.noise_snr_db
-    snr_db = fn.random.uniform(range=[low, high], device=device) if high > low else low
+    snr_db = low + (high - low) * fn.random.uniform(range=[0.0, 1.0], device=device)
     noise = fn.random.normal(audio)
     scale = dmath.sqrt(fn.reductions.mean_square(audio)
                        / (dmath.max(fn.reductions.mean_square(noise), 1e-12) * dmath.pow(10.0, snr_db / 10.0)))
@@ -112,12 +115,13 @@ class DaliLoader(ShardLoader):
     """DALI pipeline per pass; Frontend.finish (MFCC, normalisation) and SpecAugment in torch."""
 
     def __init__(self, *args, **kwargs):
-        """Check the index files and keep the Frontend for its torch-side step (see ShardLoader for the arguments)."""
+        """Keep the Frontend for its torch-side step and the GPU to run on (see ShardLoader for the arguments)."""
         super().__init__(*args, **kwargs)
         self.frontend = Frontend(self.features).to(self.device)
-        self.gpu = self.device.type == "cuda"
-        self.device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
-            if self.gpu else None
+        self.device_id = None  # DALI's CPU-only mode
+        if self.device.type == "cuda":
+            self.device_id = torch.cuda.current_device() if self.device.index is None else self.device.index
+        self.gpu = self.device_id is not None
 
     def pipeline(self):
         """A built pipeline over every tar in this epoch's order, seeded by seed+epoch+rank."""
@@ -147,4 +151,7 @@ class DaliLoader(ShardLoader):
                 keys = [key_of(t) for t in texts(out["source"][:n])]
                 yield RawBatch(self.frontend.finish(out["features"][:n]), emotions, keys)
         finally:
-            del iterator  # releases the pipeline and its threads
+            # a pipeline sits in reference cycles: collect it now, or each pass's native buffers pile up until
+            # Python's next full collection (measured: +2 MB RSS per pass, 240 passes +500 MB; with this, flat)
+            del iterator
+            gc.collect()

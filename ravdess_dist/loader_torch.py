@@ -1,6 +1,6 @@
-"""The torch backend: webdataset reads this rank's shards in DataLoader workers (soundfile decode), features on the device.
+"""The torch backend: webdataset reads the rank's shards in DataLoader workers (soundfile decode), features on the device.
 
-Rank split: done here from the manifest (see ravdess_dist.loaders), not by webdataset's node splitter, so the pipeline is
+Rank split: from the manifest (see ravdess_dist.loaders), not by webdataset's node splitter, so the pipeline is
 a plain `wds.DataPipeline` (no WORLD_SIZE check, no "No samples found" when workers outnumber shards) and the ranks'
 parts are the same as DALI's. Within a rank, worker w takes every num_workers-th chunk of batch_size samples, so in
 evaluation the DataLoader's round-robin over the workers yields the rank's part in order with one short batch at the
@@ -12,6 +12,7 @@ processes use the cores far better than intra-op threads on small tensors (2-cor
 """
 import functools
 import random
+import signal
 from pathlib import Path
 
 import torch
@@ -43,6 +44,11 @@ def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, li
     waves, emotions, keys = zip(*samples)
     lengths = torch.tensor([len(w) for w in waves])
     return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths, torch.tensor(emotions), list(keys)
+
+
+def leave_signals_to_the_trainer(_worker_id: int) -> None:
+    """Workers ignore SIGUSR1, the preemption warning SLURM sends every process of a step: the trainer handles it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 class Featurizer(nn.Module):
@@ -77,7 +83,7 @@ class ShardStream(IterableDataset):
         self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def featurize(self, batch: tuple) -> tuple:
-        """(waveforms, lengths, emotions, keys) -> (features, None, emotions, keys), in the worker, CPU_CHUNK clips at a time."""
+        """(waveforms, lengths, emotions, keys) -> (features, None, emotions, keys) in the worker, CPU_CHUNK clips a call."""
         waves, lengths, emotions, keys = batch
         parts = zip(waves.split(CPU_CHUNK), lengths.split(CPU_CHUNK))
         return torch.cat([self.featurizer(w, n, self.crops) for w, n in parts]), None, emotions, keys
@@ -120,7 +126,8 @@ class TorchLoader(ShardLoader):
         self.stream = ShardStream(self.root, self, self.featurizer if on_workers else None)
         self.dataloader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                                      pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
-                                     generator=torch.Generator())  # not the global RNG: resumed runs replay exactly
+                                     generator=torch.Generator(),  # not the global RNG: resumed runs replay exactly
+                                     worker_init_fn=leave_signals_to_the_trainer)
         self.crops = torch.Generator(device=self.device)
 
     def set_epoch(self, epoch: int) -> None:

@@ -49,7 +49,7 @@ def rank_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def epoch_order(entries: list[ShardEntry], train: bool, seed: int, epoch: int) -> list[ShardEntry]:
-    """The shard order of one epoch: as given for evaluation, a seed+epoch permutation (rank-independent) for training."""
+    """The shard order of an epoch: as given for evaluation, a seed+epoch permutation (same on every rank) for training."""
     if not train:
         return list(entries)
     order = list(entries)

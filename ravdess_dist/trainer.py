@@ -1,7 +1,9 @@
 """The Accelerate trainer: DDP + mixed precision, TensorBoard, atomic checkpoints, exact resume, preemption-safe."""
 import json
 import math
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -128,11 +130,13 @@ class Run:
         self.writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
         first_epoch = rank_part(epoch_order(manifest.select(cfg.intensity, self.split.train), True, cfg.seed, 0),
                                 acc.process_index, acc.num_processes)
-        parts = gather_object([{"rank": acc.process_index, "train_keys_epoch0": [k for _, keys in first_epoch for k in keys]}])
+        ranks = gather_object([{"rank": acc.process_index, "node_rank": int(os.environ.get("GROUP_RANK", 0)),
+                                "host": socket.gethostname(), "slurm_node": os.environ.get("SLURMD_NODENAME"),
+                                "train_keys_epoch0": [k for _, keys in first_epoch for k in keys]}])
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            write_json(self.run_dir / "data_parts.json", parts)
+            write_json(self.run_dir / "ranks.json", ranks)  # who ran where and read what: provenance
         acc.print(f"run {cfg.run_name}: {cfg.model} on {cfg.intensity} ({len(self.classes)} classes), {acc.num_processes} "
                   f"process(es) on {acc.device}, precision {acc.mixed_precision}; actors train {list(self.split.train)} "
                   f"val {list(self.split.val)} test {list(self.split.test)}; {len(self.train_loader)} steps/epoch")

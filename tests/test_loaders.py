@@ -12,14 +12,13 @@ import torch
 from preprocess.__main__ import main as preprocess
 from ravdess_dist.augment import AugmentConfig
 from ravdess_dist.features import FeatureConfig
-from ravdess_dist.loaders import make_loader, rank_bounds, rank_part
+from ravdess_dist.loaders import BACKENDS, make_loader, rank_bounds, rank_part
 from shards.labels import EMOTIONS
 from shards.manifest import Manifest
 from tests.corpus import SAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
-BACKENDS = ("torch", "dali")
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +103,13 @@ def test_eval_is_deterministic_and_padded_to_full_batches(shards):
 
 def test_training_augments_reshuffles_and_replays(shards):
     """Training: full valid batches; the same epoch replays identically, another epoch reorders; augmentation
-    changes the features of the same crops."""
+    changes the features (same clips in the same order)."""
     for backend in BACKENDS:
         plain = loader(backend, shards, "normal", 32, train=True)
         noisy = loader(backend, shards, "normal", 32, train=True, augment=AugmentConfig(noise_p=1.0))
         passes = {}
-        for name, ldr, epoch in [("plain0", plain, 0), ("again0", plain, 0), ("plain1", plain, 1), ("noisy0", noisy, 0)]:
+        runs = [("plain0", plain, 0), ("again0", plain, 0), ("plain1", plain, 1), ("noisy0", noisy, 0)]
+        for name, ldr, epoch in runs:
             ldr.set_epoch(epoch)
             torch.manual_seed(0)  # SpecAugment draws from the global generator, which the trainer seeds per epoch
             passes[name] = list(ldr)
@@ -146,39 +146,45 @@ def test_rank_without_samples_yields_only_padding(shards):
 
 
 def rank_report(root: str, rank: int, world: int, out: str) -> None:
-    """Run in a separate process per rank: each backend's eval keys and steps, and its training batch sizes, to JSON."""
+    """Run in a separate process per rank: each backend's eval keys and steps, and its training batches, to JSON."""
     report = {}
     for backend in BACKENDS:
         evaluation = loader(backend, Path(root), "all", 16, rank=rank, world_size=world)
-        batches = list(evaluation)
-        training = loader(backend, Path(root), "all", 16, train=True, augment=AugmentConfig(), rank=rank,
-                          world_size=world)
+        batches, training = list(evaluation), list(loader(backend, Path(root), "all", 16, train=True,
+                                                          augment=AugmentConfig(), rank=rank, world_size=world))
         report[backend] = {"len": len(evaluation), "steps": len(batches), "num_samples": evaluation.num_samples,
                            "keys": [k for b in batches for k, v in zip(b.keys, b.valid.tolist()) if v],
-                           "train_len": len(training),
-                           "train_rows": [[len(b.keys), int(b.valid.sum())] for b in training]}
+                           "train_rows": [[len(b.keys), int(b.valid.sum())] for b in training],
+                           "train_keys": [k for b in training for k in b.keys]}
     Path(out).write_text(json.dumps(report))
 
 
 def test_two_ranks_in_separate_processes(shards, tmp_path):
     """Two real processes (WORLD_SIZE=2 set, as under a launcher): equal step counts, eval parts disjoint and together
-    every clip, same part for both backends; training: the same number of full batches on both ranks."""
+    every clip, same part for both backends; training: len() full batches on both ranks, from disjoint parts that
+    together cover every clip."""
     procs = []
     for rank in range(2):
-        code = f"from tests.test_loaders import rank_report; rank_report({str(shards)!r}, {rank}, 2, {str(tmp_path / f'{rank}.json')!r})"
+        out = tmp_path / f"{rank}.json"
+        code = f"from tests.test_loaders import rank_report; rank_report({str(shards)!r}, {rank}, 2, {str(out)!r})"
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}
-        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                                      text=True))
     for proc in procs:
-        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
     ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
     everything = {k for e in Manifest.load(shards).select("all") for k in e.keys}
     for backend in BACKENDS:
         r0, r1 = ranks[0][backend], ranks[1][backend]
-        assert r0["len"] == r1["len"] == r0["steps"] == r1["steps"] == 8  # ceil(240 / (2 * 16)), last batch 8 + 8 padding
+        # ceil(240 / (2 * 16)) steps; each rank's last batch is 8 clips + 8 padding rows
+        assert r0["len"] == r1["len"] == r0["steps"] == r1["steps"] == 8
         assert set(r0["keys"]).isdisjoint(r1["keys"]) and set(r0["keys"]) | set(r1["keys"]) == everything
         assert len(r0["keys"]) == r0["num_samples"] == 120 and len(r1["keys"]) == r1["num_samples"] == 120
-        assert r0["train_len"] == r1["train_len"] == 8
-        assert r0["train_rows"] == r1["train_rows"] == [[16, 16]] * 8
+        assert r0["train_rows"] == r1["train_rows"] == [[16, 16]] * 8  # len() full batches
+        # training parts come from a permuted shard order, but are still disjoint and cover every clip
+        assert set(r0["train_keys"]).isdisjoint(r1["train_keys"])
+        assert set(r0["train_keys"]) | set(r1["train_keys"]) == everything
     for rank in ranks:
         assert rank["torch"]["keys"] == rank["dali"]["keys"]
 
@@ -189,3 +195,17 @@ def test_missing_dali_names_the_fix(shards, monkeypatch):
     monkeypatch.delitem(sys.modules, "ravdess_dist.loader_dali", raising=False)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[dali\]'"):
         loader("dali", shards, "normal", 8)
+
+
+def test_feature_benchmark_command(shards, tmp_path):
+    """`python -m ravdess_dist.bench features` times both backends over every clip and writes its JSON."""
+    out = tmp_path / "bench.json"
+    args = ["features", "--shards", shards, "--intensity", "strong", "--batch-size", 32, "--no-notebook", "--json", out]
+    proc = subprocess.run([sys.executable, "-m", "ravdess_dist.bench", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    for backend in BACKENDS:
+        assert results[backend]["clips"] == 112 and results[backend]["clips_per_s"] > 0
+        assert backend in proc.stdout
+    assert results["info"]["device"] == "cpu" and "notebook" not in results

@@ -59,7 +59,7 @@ def trained(setup):
 
 def test_run_writes_checkpoints_metrics_and_predictions(trained, setup):
     """best/last checkpoints, config, confusion matrix, metrics; each test clip predicted exactly once."""
-    for name in ("best.pt", "last.pt", "config.yaml", "confusion_matrix.png", "metrics.json", "data_parts.json"):
+    for name in ("best.pt", "last.pt", "config.yaml", "confusion_matrix.png", "metrics.json", "ranks.json"):
         assert (trained / name).is_file(), name
     m = metrics(setup, "base")
     assert m["classes"] == ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -95,7 +95,7 @@ def test_two_process_ddp_through_accelerate_launch(setup):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = metrics(setup, "ddp")
     assert m["world_size"] == 2 and len(m["weight_checksums"]) == 2 and len(set(m["weight_checksums"])) == 1
-    parts = json.loads((tmp / "models/ddp/data_parts.json").read_text())
+    parts = json.loads((tmp / "models/ddp/ranks.json").read_text())
     keys = [set(p["train_keys_epoch0"]) for p in parts]
     assert len(keys) == 2 and keys[0] and keys[1] and not keys[0] & keys[1]
     assert len(keys[0] | keys[1]) == 32 * len(m["split"]["train"])

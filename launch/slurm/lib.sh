@@ -1,10 +1,10 @@
 # lib.sh - sourced by the batch scripts in this folder: environment, per-job port and run name, preemption.
 #
 # Preemption: submit with `--signal=B:USR1@SECONDS --requeue` (the scripts do). SLURM sends USR1 to the batch shell
-# SECONDS before the time limit; run_step forwards SIGTERM to the training step (srun passes it to every process
-# of the step), the trainer saves a checkpoint at the next step and exits, and requeue_if_preempted puts the job
-# back in the queue. The requeued job has the same job id, hence the same run name, and `--resume auto` continues
-# from that run's last checkpoint.
+# SECONDS before the time limit; the shell passes USR1 on to every process of the job's steps (`scancel --signal`);
+# the trainer saves a checkpoint at the next step and exits, while launchers (started through `ignore_usr1`) and
+# data-loader workers ignore it; then requeue_if_preempted puts the job back in the queue. The requeued job has the
+# same job id, hence the same run name, and `--resume auto` continues from that run's last checkpoint.
 #
 # Variables (all optional):
 #   RAVDESS_ROOT    the repository (default: the folder sbatch was called from, SLURM_SUBMIT_DIR)
@@ -23,13 +23,17 @@ PROCS_PER_NODE=$((GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1))  # CPU-only nodes run 
 PREEMPTED=0
 STEP_PID=
 
-# Pass a signal on to the training step as SIGTERM: the trainer saves a checkpoint and stops.
+# Pass the preemption warning on to the training processes; the trainer saves a checkpoint and stops.
 stop_step() {
-  echo "lib.sh: signal at $(date +%T): asking the trainer to checkpoint and stop"
-  if [ -n "$STEP_PID" ]; then kill -TERM "$STEP_PID" 2>/dev/null; fi
+  PREEMPTED=1
+  echo "lib.sh: USR1 at $(date +%T): asking the trainer to checkpoint and stop"
+  scancel --signal=USR1 "$SLURM_JOB_ID"  # the job's steps only, not this batch shell
 }
-trap 'PREEMPTED=1; stop_step' USR1  # the time-limit warning (--signal=B:USR1@...): checkpoint, then requeue
-trap stop_step TERM                 # scancel: checkpoint, then end
+trap stop_step USR1
+
+# Run a command that ignores USR1 (inherited through exec), as launchers must: torchrun would die of it.
+# The trainer installs its own USR1 handler, which replaces the inherited "ignore".
+ignore_usr1=(bash -c 'trap "" USR1; exec "$@"' ignore_usr1)
 
 # Run a command in the background and wait for it, also across trapped signals; returns its exit status.
 run_step() {

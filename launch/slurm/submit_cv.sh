@@ -6,7 +6,8 @@
 #   MODELS=hybrid INTENSITIES=normal FOLDS=3 launch/slurm/submit_cv.sh
 #
 # Run from the repository root. Variables: MODELS, INTENSITIES, FOLDS, OUTPUT_DIR (as in cv_array.sbatch), and
-# SBATCH_ARGS: extra sbatch options for both jobs (partition, account, --gres ...). Prints the two job ids.
+# SBATCH_ARGS: extra sbatch options for both jobs (partition, account, --gres ...), ARRAY: the task ids to run
+# (default all, e.g. ARRAY=0-1 to try two), SUMMARY_LOG: the aggregation's log file. Prints the two job ids.
 set -euo pipefail
 read -r -a models <<<"${MODELS:-cnn hybrid}"
 read -r -a intensities <<<"${INTENSITIES:-normal strong}"
@@ -15,10 +16,10 @@ out=${OUTPUT_DIR:-working_directory/models}
 tasks=$((${#models[@]} * ${#intensities[@]} * FOLDS))
 mkdir -p working_directory/logs
 # shellcheck disable=SC2086  # SBATCH_ARGS is a list of options
-array=$(sbatch --parsable ${SBATCH_ARGS:-} --array="0-$((tasks - 1))" launch/slurm/cv_array.sbatch "$@")
+array=$(sbatch --parsable ${SBATCH_ARGS:-} --array="${ARRAY:-0-$((tasks - 1))}" launch/slurm/cv_array.sbatch "$@")
 array=${array%%;*}
 # shellcheck disable=SC2086
 summary=$(sbatch --parsable ${SBATCH_ARGS:-} --dependency="afterany:$array" --job-name=ravdess-cv-summary \
-  --output="working_directory/logs/%x-%j.out" --ntasks=1 --time=00:10:00 \
-  --wrap "source ${RAVDESS_VENV:-.venv}/bin/activate && python -m ravdess_dist.cv summarize $out/cv-$array/*/ --out $out/cv-$array")
-echo "array job $array ($tasks tasks), summary job $summary -> $out/cv-$array/summary.md"
+  --output="${SUMMARY_LOG:-working_directory/logs/%x-%j.out}" --ntasks=1 --time=00:10:00 \
+  --wrap "${RAVDESS_VENV:-.venv}/bin/python -m ravdess_dist.cv summarize $out/cv-$array/*/ --out $out/cv-$array")
+echo "array job $array (tasks ${ARRAY:-0-$((tasks - 1))}), summary job $summary -> $out/cv-$array/summary.md"

@@ -5,11 +5,9 @@ from ravdess_dist.models import register_model
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    """Two conv3x3-BN-ReLU layers then a 2x2 max-pool (halves both axes)."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.MaxPool2d(2))
+    """conv3x3-BN-ReLU then a 2x2 max-pool (halves both axes)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(2))
 
 
 @register_model("cnn")
@@ -17,7 +15,7 @@ class CNN(nn.Module):
     """Features [B, 1, F, T] -> logits [B, num_classes]; global pooling makes it work for any input of 16x16 or more."""
 
     def __init__(self, num_classes: int, n_bins: int, n_frames: int,
-                 channels: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.3):
+                 channels: tuple[int, ...] = (16, 32, 64, 128), dropout: float = 0.3):
         """Blocks of the given widths; the input must survive one 2x2 pool per block."""
         super().__init__()
         smallest = 2 ** len(channels)
