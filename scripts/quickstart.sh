@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, from nothing: set up ./.venv, then preprocess the archive (working_directory/archive if it holds
-# the corpus, else the bundled 4-actor sample): label tables, descriptive analysis, shards.
+# The main job, from nothing: set up ./.venv; preprocess the archive (working_directory/archive if it holds the
+# corpus, else the bundled 4-actor sample): label tables, descriptive analysis, shards; then train and evaluate
+# both models briefly (EPOCHS, default 5) on the normal intensity, speaker-independent. Variables: EPOCHS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,4 +12,13 @@ if ! compgen -G "$archive/Actor_*/*" >/dev/null; then
 fi
 .venv/bin/python -m preprocess --archive "$archive" --out working_directory
 .venv/bin/python -m preprocess verify --shards working_directory/shards
-echo "quickstart: tables in working_directory/data*.csv, report in working_directory/analysis/report.md"
+for model in cnn hybrid; do
+  .venv/bin/python train.py --model "$model" --intensity normal --epochs "${EPOCHS:-5}"
+done
+cat <<'DONE'
+quickstart: done.
+  tables:      working_directory/data.csv, data_normal.csv, data_strong.csv (rejected.csv, duplicates.csv)
+  report:      working_directory/analysis/report.md
+  models:      working_directory/models/RUN/ (best.pt, last.pt, metrics.json, confusion_matrix.png)
+  TensorBoard: .venv/bin/tensorboard --logdir working_directory/runs   (then open http://localhost:6006)
+DONE
