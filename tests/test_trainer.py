@@ -135,6 +135,14 @@ def test_bf16_autocast_on_cpu(setup):
     assert m["mixed_precision"] == "bf16" and math.isfinite(m["history"][0]["loss"])
 
 
+def test_dali_backend_trains_and_evaluates(setup):
+    """--backend dali (CPU operators here) trains, and evaluates every test clip exactly once."""
+    proc = train(setup, "dali", "--epochs", "1", "--backend", "dali")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = metrics(setup, "dali")
+    assert math.isfinite(m["history"][0]["loss"]) and m["test"]["clips"] == 32 * len(m["split"]["test"])
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--folds", "3", "--test-actors", "1", "--val-actors", "2"], "exclude each other"),
     (["--mixed-precision", "fp16"], "fp16 needs a GPU"),
