@@ -152,7 +152,7 @@ class Run:
         self.best, self.history = state["best"], state["history"]
         self.accelerator.print(f"resumed from epoch {self.epoch} step {self.step_in_epoch}")
 
-    def checkpoint(self, name: str, **extra) -> None:
+    def checkpoint(self, name: str) -> None:
         """Write NAME.pt in the run folder (main process only), atomically."""
         if not self.accelerator.is_main_process:
             return
@@ -162,7 +162,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng_state(),
             "epoch": self.epoch, "step": self.step_in_epoch, "best": self.best, "history": self.history,
-            "config": to_dict(self.cfg), "classes": self.classes, **extra})
+            "config": to_dict(self.cfg), "classes": self.classes})
 
     def should_stop(self) -> bool:
         """True on every rank once any rank got a preemption signal (ranks must stop at the same step)."""
