@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ravdess_dist.augment import AugmentConfig, WaveAugment
 from ravdess_dist.features import FeatureConfig, Frontend, crop_or_pad
-from ravdess_dist.loaders import SHUFFLE_BUFFER, RawBatch, ShardLoader, epoch_order, rank_part, sub_seed
+from ravdess_dist.loaders import SHUFFLE_BUFFER, RawBatch, ShardLoader, epoch_part, sub_seed
 from shards.audio import read_mono
 
 CPU_CHUNK = 8  # clips per Frontend call on the CPU: the intermediates (~5 MB) stay in cache, ~1.7x faster than 64
@@ -93,7 +93,7 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = int(self.epoch)
-        part = rank_part(epoch_order(self.entries, self.train, self.seed, epoch), self.rank, self.world_size)
+        part = epoch_part(self.entries, self.train, self.seed, epoch, self.rank, self.world_size)
         keys = [k for _, ks in part for k in ks]
         mine = {k for i, k in enumerate(keys) if (i // self.batch_size) % workers == worker}
         if not mine:

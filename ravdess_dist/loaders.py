@@ -69,6 +69,12 @@ def rank_part(entries: list[ShardEntry], rank: int, world_size: int) -> list[tup
     return part
 
 
+def epoch_part(entries: list[ShardEntry], train: bool, seed: int, epoch: int, rank: int,
+               world_size: int) -> list[tuple[ShardEntry, list[str]]]:
+    """The shards and keys rank RANK reads in EPOCH: rank_part of that epoch's shard order."""
+    return rank_part(epoch_order(entries, train, seed, epoch), rank, world_size)
+
+
 def label_lookup(class_names: list[str]) -> torch.Tensor:
     """Map from the shards' 8-way emotion index to the index in CLASS_NAMES (-1 for an emotion not in the list)."""
     unknown = set(class_names) - set(EMOTIONS)

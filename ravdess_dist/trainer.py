@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ravdess_dist.config import TrainConfig, to_dict
 from ravdess_dist.evaluate import evaluate, plot_confusion
-from ravdess_dist.loaders import epoch_order, make_loader, rank_part
+from ravdess_dist.loaders import epoch_part, make_loader
 from ravdess_dist.models import create_model
 from shards.manifest import Manifest
 from shards.splits import make_split
@@ -128,8 +128,8 @@ class Run:
             self.restore(self.state)
         acc.init_trackers(cfg.run_name)
         self.writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
-        first_epoch = rank_part(epoch_order(manifest.select(cfg.intensity, self.split.train), True, cfg.seed, 0),
-                                acc.process_index, acc.num_processes)
+        first_epoch = epoch_part(manifest.select(cfg.intensity, self.split.train), True, cfg.seed, 0,
+                                 acc.process_index, acc.num_processes)
         ranks = gather_object([{"rank": acc.process_index, "node_rank": int(os.environ.get("GROUP_RANK", 0)),
                                 "host": socket.gethostname(), "slurm_node": os.environ.get("SLURMD_NODENAME"),
                                 "train_keys_epoch0": [k for _, keys in first_epoch for k in keys]}])
