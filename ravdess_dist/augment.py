@@ -10,8 +10,6 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from ravdess_dist.features import take_windows
-
 
 @dataclass
 class AugmentConfig:
@@ -39,6 +37,13 @@ class AugmentConfig:
                 raise ValueError(f"augment.noise_snr_db must be (low, high) with low <= high, got {self.noise_snr_db}")
         if not 0.0 <= self.noise_p <= 1.0:
             raise ValueError(f"augment.noise_p must lie in [0, 1], got {self.noise_p}")
+
+
+def take_windows(wave: Tensor, starts: Tensor, length: int) -> Tensor:
+    """out[b, j] = wave[b, starts[b] + j] where that index lies inside the clip, else 0; [B, length]."""
+    index = starts.long()[:, None] + torch.arange(length, device=wave.device)[None, :]
+    inside = (index >= 0) & (index < wave.shape[1])
+    return wave.gather(1, index.clamp(0, wave.shape[1] - 1)) * inside
 
 
 class WaveAugment(nn.Module):

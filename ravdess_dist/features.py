@@ -72,18 +72,28 @@ class Frontend(nn.Module):
         """Mel filterbank matching librosa and DALI (slaney scale and norm, zero-padded centred frames)."""
         super().__init__()
         self.cfg = cfg
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
-            f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=2.0, center=True, pad_mode="constant",
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, power=None, center=True,
+            pad_mode="constant")
+        self.mel_scale = torchaudio.transforms.MelScale(
+            n_mels=cfg.n_mels, sample_rate=cfg.sample_rate, f_min=cfg.f_min, f_max=cfg.f_max, n_stft=cfg.n_fft // 2 + 1,
             norm="slaney", mel_scale="slaney")
         self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=cfg.top_db)  # floor: amin=1e-10
         if cfg.kind == "mfcc":  # the DCT torchaudio.transforms.MFCC uses, kept apart so `finish` can apply it to DALI's mel
             self.register_buffer("dct", torchaudio.functional.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho"))
 
+    def mel(self, wave: Tensor) -> Tensor:
+        """Mel power spectrogram [B, 1, n_mels, T] of waveforms [B, N].
+
+        |X|^2 as real^2 + imag^2: on the CPU twice as fast as torchaudio's abs().pow(2) (no sqrt, no complex kernels).
+        """
+        spec = self.spectrogram(wave.float().unsqueeze(1))
+        return self.mel_scale(spec.real.square() + spec.imag.square())
+
     def log_mel(self, wave: Tensor) -> Tensor:
         """dB mel spectrogram [B, 1, n_mels, T]; the top_db floor is taken per clip (4-D input), as librosa does."""
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            return self.to_db(self.mel(wave.float().unsqueeze(1)))
+            return self.to_db(self.mel(wave))
 
     def finish(self, db: Tensor) -> Tensor:
         """dB mel [B, n_mels, T] or [B, 1, n_mels, T] -> features [B, 1, F, T]: MFCC if configured, then normalised."""
@@ -100,30 +110,25 @@ class Frontend(nn.Module):
         return self.finish(self.log_mel(wave))
 
 
-def take_windows(wave: Tensor, starts: Tensor, length: int, lengths: Tensor | None = None) -> Tensor:
-    """out[b, j] = wave[b, starts[b] + j] where that index lies inside clip b's true length, else 0; [B, length]."""
-    batch, total = wave.shape
-    lengths = torch.full((batch,), total, device=wave.device) if lengths is None else lengths.to(wave.device)
-    index = starts.to(wave.device).long()[:, None] + torch.arange(length, device=wave.device)[None, :]
-    inside = (index >= 0) & (index < lengths[:, None])
-    return wave.gather(1, index.clamp(0, total - 1)) * inside
-
-
-def crop_or_pad(wave: Tensor, length: int, train: bool, generator: torch.Generator | None = None,
-                lengths: Tensor | None = None) -> Tensor:
-    """Fixed-length clips [B, length] from a padded batch [B, N] whose clip b holds lengths[b] real samples.
+def crop_starts(lengths: Tensor, length: int, train: bool, generator: torch.Generator | None = None) -> Tensor:
+    """Where each fixed-length window starts in clips of LENGTHS samples: random when training, centred otherwise.
 
     A clip longer than `length` is cropped: at a random offset when training (a different 3 s each epoch), centred
     otherwise (deterministic; the middle holds the sentence, unlike the notebook's fixed start at 0.5 s).
-    A shorter clip starts at 0 and is zero-padded at the end; padding in the input never counts as audio.
+    A shorter clip starts at 0 (and is zero-padded at the end).
     """
-    batch, total = wave.shape
-    lengths = torch.full((batch,), total, device=wave.device) if lengths is None else lengths.to(wave.device).long()
-    slack = (lengths - length).clamp(min=0)
-    if train:
-        device = generator.device if generator is not None else wave.device
-        draw = torch.rand(batch, generator=generator, device=device).to(wave.device)
-        starts = (draw * (slack + 1)).floor().long().clamp(max=slack)
-    else:
-        starts = slack // 2
-    return take_windows(wave, starts, length, lengths)
+    slack = (lengths.long() - length).clamp(min=0)
+    if not train:
+        return slack // 2
+    draw = torch.rand(len(lengths), generator=generator, device=lengths.device if generator is None else generator.device)
+    return (draw.to(slack.device) * (slack + 1)).floor().long().clamp(max=slack)
+
+
+def crop_or_pad(clips: list[Tensor], length: int, train: bool, generator: torch.Generator | None = None) -> Tensor:
+    """Fixed-length clips [B, length] (the clips' dtype) from 1-D clips of any lengths, windowed by crop_starts."""
+    starts = crop_starts(torch.tensor([len(c) for c in clips]), length, train, generator)
+    out = clips[0].new_zeros(len(clips), length)
+    for row, clip, start in zip(out, clips, starts.tolist()):
+        piece = clip[start:start + length]
+        row[:len(piece)] = piece
+    return out

@@ -32,7 +32,7 @@ def test_log_mel_matches_librosa(speech):
     frontend = Frontend(cfg)
     wave = torch.from_numpy(speech)[None]
     ref_power = librosa_mel(speech, cfg)
-    power = frontend.mel(wave)[0].numpy()
+    power = frontend.mel(wave)[0, 0].numpy()
     assert power.shape == ref_power.shape
     np.testing.assert_allclose(power, ref_power, rtol=1e-4, atol=1e-6 * ref_power.max())
     ref_db = librosa.power_to_db(ref_power, ref=1.0, amin=1e-10, top_db=cfg.top_db)
@@ -62,7 +62,7 @@ def test_float32_under_autocast_and_fixed_shape(speech, kind):
     """bf16 autocast does not reach the front end: float32, finite, identical to no autocast; T == cfg.num_frames."""
     cfg = FeatureConfig(kind=kind)
     frontend = Frontend(cfg)
-    wave = crop_or_pad(torch.from_numpy(speech)[None].repeat(2, 1), cfg.num_samples, train=False)
+    wave = crop_or_pad([torch.from_numpy(speech)] * 2, cfg.num_samples, train=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = frontend(wave.to(torch.bfloat16))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -88,22 +88,27 @@ def test_config_sizes_and_validation():
         FeatureConfig(kind="spectrogram")
 
 
-def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """Three clips of 600, 480 and 300 samples padded to 600 with junk (not zeros) past their ends."""
+def clips() -> list[torch.Tensor]:
+    """Three clips of 600, 480 and 300 samples."""
     wave = torch.randn(3, 600, generator=torch.Generator().manual_seed(0))
-    return wave, torch.tensor([600, 480, 300])
+    return [wave[0], wave[1, :480], wave[2, :300]]
 
 
 def test_crop_eval_is_centred_and_deterministic():
     """Eval: long clips cropped from the centre, short ones zero-padded at the end, same result every call."""
-    wave, lengths = padded_batch()
-    out = crop_or_pad(wave, 400, train=False, lengths=lengths)
-    torch.testing.assert_close(out, crop_or_pad(wave, 400, train=False, lengths=lengths))
-    torch.testing.assert_close(out[0], wave[0, 100:500])
-    torch.testing.assert_close(out[1], wave[1, 40:440])
-    torch.testing.assert_close(out[2, :300], wave[2, :300])
+    waves = clips()
+    out = crop_or_pad(waves, 400, train=False)
+    torch.testing.assert_close(out, crop_or_pad(waves, 400, train=False))
+    torch.testing.assert_close(out[0], waves[0][100:500])
+    torch.testing.assert_close(out[1], waves[1][40:440])
+    torch.testing.assert_close(out[2, :300], waves[2])
     assert (out[2, 300:] == 0).all()
-    assert crop_or_pad(wave[:, :300], 400, train=False).shape == (3, 400)
+
+
+def test_crop_keeps_the_dtype():
+    """int16 clips (the shards' PCM16) stay int16: the loader converts to float after cropping."""
+    out = crop_or_pad([torch.arange(500, dtype=torch.int16)], 400, train=False)
+    assert out.dtype == torch.int16 and out[0, 0] == 50
 
 
 def window_start(out: torch.Tensor, clip: torch.Tensor) -> int:
@@ -115,11 +120,10 @@ def window_start(out: torch.Tensor, clip: torch.Tensor) -> int:
 
 def test_crop_train_is_random_within_the_clip_and_reproducible():
     """Train: each crop is a window of the real audio; offsets change with the generator, repeat with its seed."""
-    wave, lengths = padded_batch()
-    crops = [crop_or_pad(wave, 400, train=True, lengths=lengths, generator=torch.Generator().manual_seed(s))
-             for s in range(8)]
-    starts = {window_start(c[1], wave[1, :480]) for c in crops}
+    waves = clips()
+    crops = [crop_or_pad(waves, 400, train=True, generator=torch.Generator().manual_seed(s)) for s in range(8)]
+    starts = {window_start(c[1], waves[1]) for c in crops}
     assert len(starts) > 1 and all(0 <= s <= 80 for s in starts)
-    again = crop_or_pad(wave, 400, train=True, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    again = crop_or_pad(waves, 400, train=True, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(again, crops[0])
     assert all((c[2, 300:] == 0).all() for c in crops)

@@ -2,12 +2,14 @@
 real separate processes; training streams; augmentation; the error when DALI is missing."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import webdataset as wds
 
 from preprocess.__main__ import main as preprocess
 from ravdess_dist.augment import AugmentConfig
@@ -131,6 +133,22 @@ def test_more_workers_than_shards(shards):
         ldr = make_loader("torch", shards, entry, manifest.class_names("normal"), 32, train, FeatureConfig(),
                           AugmentConfig() if train else None, CPU, num_workers=2)
         assert sorted(collect(ldr)) == sorted(entry[0].keys)
+
+
+def test_undecodable_sample_is_an_error_naming_tar_and_key(shards, tmp_path):
+    """A shard sample whose audio does not decode stops the torch loader with the tar's path and the sample's key."""
+    root = tmp_path / "shards"
+    shutil.copytree(shards, root)
+    entry = Manifest.load(root).select("normal", actors=[2])[0]
+    tar = root / entry.path
+    samples = list(wds.WebDataset(str(tar), shardshuffle=False))
+    with wds.TarWriter(str(tar)) as sink:
+        for sample in samples:
+            bad = sample["__key__"] == entry.keys[3]
+            sink.write({k: b"not audio" if bad and k == "wav" else v for k, v in sample.items() if k != "__url__"})
+    ldr = loader("torch", root, "normal", 8, num_workers=1)
+    with pytest.raises(ValueError, match=f"{tar}: sample {entry.keys[3]}: cannot decode"):
+        collect(ldr)
 
 
 def test_rank_without_samples_yields_only_padding(shards):

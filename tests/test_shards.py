@@ -1,12 +1,14 @@
 """Shard format read back by webdataset and by DALI's CPU reader; manifest selection; speaker-independent splits."""
+import io
 import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import webdataset as wds
 
 from preprocess.__main__ import main
-from shards.audio import read_mono
+from shards.audio import PCM16_SCALE, decode_pcm16, encode_wav, read_mono
 from shards.labels import EMOTIONS
 from shards.manifest import Manifest
 from shards.splits import Split, gender_balanced_folds, make_split
@@ -59,6 +61,19 @@ def test_webdataset_and_dali_read_the_same_samples(shard_root):
     for key, (label, audio) in ours.items():
         assert dali[key][0] == label == EMOTIONS.index(EMOTIONS[int(key.split("-")[2]) - 1])
         np.testing.assert_allclose(dali[key][1], audio, atol=1.0 / 32768)
+
+
+def test_pcm16_payload_decodes_to_the_samples_written():
+    """decode_pcm16 / PCM16_SCALE equals soundfile's float32 decode of the same payload; stereo is refused."""
+    wave = np.sin(np.linspace(0, 100, 16000, dtype=np.float32)) * 0.5
+    payload = encode_wav(wave, 16000)
+    samples = decode_pcm16(payload)
+    assert samples.dtype == np.int16 and samples.shape == (16000,)
+    np.testing.assert_array_equal(samples / np.float32(PCM16_SCALE), read_mono(payload)[0])
+    stereo = io.BytesIO()
+    sf.write(stereo, np.stack([wave, wave], axis=1), 16000, subtype="PCM_16", format="WAV")
+    with pytest.raises(ValueError, match="mono, got 2 channels"):
+        decode_pcm16(stereo.getvalue())
 
 
 def test_manifest_selection_and_classes(shard_root):
