@@ -101,8 +101,8 @@ class Frontend(nn.Module):
             x = db.float().reshape(db.shape[0], db.shape[-2], db.shape[-1])
             if self.cfg.kind == "mfcc":
                 x = (x.transpose(1, 2) @ self.dct).transpose(1, 2)
-            if self.cfg.normalize:  # instance norm over [B, bins, T]: zero mean, unit variance over time per bin
-                x = F.instance_norm(x)
+            if self.cfg.normalize:  # zero mean, unit variance over time per clip and bin (instance norm, 2x faster)
+                x = F.layer_norm(x, x.shape[-1:])
             return x.unsqueeze(1)
 
     def forward(self, wave: Tensor) -> Tensor:

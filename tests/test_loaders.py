@@ -218,12 +218,14 @@ def test_missing_dali_names_the_fix(shards, monkeypatch):
 def test_feature_benchmark_command(shards, tmp_path):
     """`python -m ravdess_dist.bench features` times both backends over every clip and writes its JSON."""
     out = tmp_path / "bench.json"
-    args = ["features", "--shards", shards, "--intensity", "strong", "--batch-size", 32, "--no-notebook", "--json", out]
+    args = ["features", "--shards", shards, "--intensity", "strong", "--batch-size", 32, "--no-notebook", "--repeats", 2,
+            "--json", out]
     proc = subprocess.run([sys.executable, "-m", "ravdess_dist.bench", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     for backend in BACKENDS:
-        assert results[backend]["clips"] == 112 and results[backend]["clips_per_s"] > 0
+        assert results[backend]["clips"] == 112 and len(results[backend]["seconds_all"]) == 2
+        assert results[backend]["clips_per_s"] == pytest.approx(112 / min(results[backend]["seconds_all"]), rel=0.01)
         assert backend in proc.stdout
     assert results["info"]["device"] == "cpu" and "notebook" not in results
