@@ -103,6 +103,17 @@ def test_eval_is_deterministic_and_padded_to_full_batches(shards):
             assert a.keys == b.keys and torch.equal(a.features, b.features) and torch.equal(a.valid, b.valid)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_features_on_the_device_equal_features_in_the_workers(shards, train):
+    """num_workers=0 computes features in the main process, as on a GPU: same clips, crops and features as the
+    CPU path that computes them in the workers (one worker, so both draw the same crops)."""
+    passes = [list(loader("torch", shards, "strong", 16, train=train, num_workers=n)) for n in (0, 1)]
+    assert len(passes[0]) == len(passes[1]) == 7
+    for a, b in zip(*passes):
+        assert a.keys == b.keys
+        torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=0)
+
+
 def test_training_augments_reshuffles_and_replays(shards):
     """Training: full valid batches; the same epoch replays identically, another epoch reorders; augmentation
     changes the features (same clips in the same order)."""
