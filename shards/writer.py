@@ -27,7 +27,9 @@ def write_shard(path: Path, samples) -> tuple[int, str]:
     """Write SAMPLES to PATH (plus PATH.idx for DALI); return (bytes, sha256). Readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with wds.TarWriter(str(tmp)) as sink:
+    # a fixed integer mtime: the same samples give the same bytes (and sha256), and no PAX header per member
+    # (a float mtime adds one, which doubles the headers every reader parses)
+    with wds.TarWriter(str(tmp), mtime=0) as sink:
         for sample in samples:
             sink.write(sample)
     write_index(tmp, path.with_suffix(".idx"))

@@ -103,6 +103,17 @@ def test_eval_is_deterministic_and_padded_to_full_batches(shards):
             assert a.keys == b.keys and torch.equal(a.features, b.features) and torch.equal(a.valid, b.valid)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_abandoned_eval_pass_does_not_shift_the_next(shards, backend):
+    """Stopping a pass after one batch (an exception in the consumer) leaves the next pass complete and identical."""
+    ldr = loader(backend, shards, "strong", 32)
+    first = list(ldr)
+    next(iter(ldr))  # the generator is dropped after its first batch
+    again = list(ldr)
+    assert [b.keys for b in again] == [b.keys for b in first] and len(first) == 4
+    assert all(torch.equal(a.features, b.features) for a, b in zip(first, again))
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_features_on_the_device_equal_features_in_the_workers(shards, train):
     """num_workers=0 computes features in the main process, as on a GPU: same clips, crops and features as the

@@ -1,6 +1,7 @@
 """Shard format read back by webdataset and by DALI's CPU reader; manifest selection; speaker-independent splits."""
 import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from preprocess.__main__ import main
 from shards.audio import PCM16_SCALE, decode_pcm16, encode_wav, read_mono
 from shards.labels import EMOTIONS
 from shards.manifest import Manifest
+from shards.writer import make_sample, write_shard
 from shards.splits import Split, gender_balanced_folds, make_split
 from tests.corpus import make_corpus
 
@@ -74,6 +76,16 @@ def test_pcm16_payload_decodes_to_the_samples_written():
     sf.write(stereo, np.stack([wave, wave], axis=1), 16000, subtype="PCM_16", format="WAV")
     with pytest.raises(ValueError, match="mono, got 2 channels"):
         decode_pcm16(stereo.getvalue())
+
+
+def test_shards_are_reproducible_ustar_tars(tmp_path):
+    """The same samples give byte-identical tars (same sha256), without a PAX header per member."""
+    wave = np.zeros(1600, dtype=np.float32)
+    samples = [make_sample(f"03-01-0{e}-01-01-01-05", wave, 16000, {"emotion": EMOTIONS[e - 1]}) for e in (1, 2)]
+    first = write_shard(tmp_path / "a.tar", samples)
+    assert write_shard(tmp_path / "b.tar", samples) == first
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        assert len(tar.getmembers()) == 6 and all(not m.pax_headers for m in tar.getmembers())
 
 
 def test_manifest_selection_and_classes(shard_root):
