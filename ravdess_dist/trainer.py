@@ -123,6 +123,7 @@ class Run:
         # the loaders already split by rank: only the model and optimizer go through prepare()
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
+        self.epoch_loss_sum = 0.0  # summed step losses of the epoch so far: a resumed epoch reports all its steps
         self.weight_checksums: list[float] = []
         if self.state:
             self.restore(self.state)
@@ -148,21 +149,32 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.accelerator.scaler is not None and state.get("scaler"):
             self.accelerator.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step"]
+        self.epoch, self.step_in_epoch, self.epoch_loss_sum = state["epoch"], state["step"], state.get("epoch_loss_sum", 0.0)
         self.best, self.history = state["best"], state["history"]
         self.accelerator.print(f"resumed from epoch {self.epoch} step {self.step_in_epoch}")
 
     def checkpoint(self, name: str) -> None:
-        """Write NAME.pt in the run folder (main process only), atomically."""
+        """Write NAME.pt in the run folder (main process), atomically, with every rank's random state (all ranks call)."""
+        rng = gather_object([rng_state()])  # rank order: a resumed multi-process epoch replays exactly on every rank
         if not self.accelerator.is_main_process:
             return
         scaler = self.accelerator.scaler
         save_checkpoint(self.run_dir / f"{name}.pt", {
             "model": self.accelerator.unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng_state(),
-            "epoch": self.epoch, "step": self.step_in_epoch, "best": self.best, "history": self.history,
+            "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng,
+            "epoch": self.epoch, "step": self.step_in_epoch, "epoch_loss_sum": self.epoch_loss_sum, "best": self.best,
+            "history": self.history,
             "config": to_dict(self.cfg), "classes": self.classes})
+
+    def resumed_rng(self) -> dict | None:
+        """This rank's random state from the checkpoint; None (the epoch's seed stays) if it has another world size."""
+        states, acc = self.state["rng"], self.accelerator
+        if len(states) != acc.num_processes:
+            acc.print(f"warning: the checkpoint holds the random states of {len(states)} process(es), this run has "
+                      f"{acc.num_processes}: the resumed epoch continues from its seed, not bit-exactly")
+            return None
+        return states[acc.process_index]
 
     def should_stop(self) -> bool:
         """True on every rank once any rank got a preemption signal (ranks must stop at the same step)."""
@@ -175,12 +187,14 @@ class Run:
         model.train()
         set_seed(self.cfg.seed + 1000 * self.epoch, device_specific=True)  # the epoch replays identically on resume
         self.train_loader.set_epoch(self.epoch)
-        skip, resumed_rng = self.step_in_epoch, self.state["rng"] if self.step_in_epoch and self.state else None
-        total_loss, seen, waited, start = 0.0, 0, 0.0, time.perf_counter()
+        skip, resumed_rng = self.step_in_epoch, self.resumed_rng() if self.step_in_epoch else None
+        total_loss, waited, start = self.epoch_loss_sum if skip else 0.0, 0.0, time.perf_counter()
         batches = iter(self.train_loader)
         bar = tqdm(range(len(self.train_loader)), desc=f"epoch {self.epoch}", disable=not acc.is_local_main_process,
                    leave=False)
         for step in bar:
+            if step == skip and resumed_rng is not None:  # continue the interrupted epoch with the random state it had,
+                set_rng_state(resumed_rng)  # before this step's batch: SpecAugment draws from it as the batch is made
             t0 = time.perf_counter()
             batch = next(batches)
             waited += time.perf_counter() - t0
@@ -188,9 +202,6 @@ class Run:
                 continue
             if self.epoch == 0 and step == 0:
                 self.log_spectrograms(batch.features)
-            if resumed_rng is not None:  # continue the interrupted epoch with the random state it had
-                set_rng_state(resumed_rng)
-                resumed_rng = None
             with acc.autocast():
                 loss = self.loss_fn(model(batch.features), batch.labels)
             acc.backward(loss)
@@ -199,8 +210,7 @@ class Run:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             total_loss += loss.item()
-            seen += 1
-            self.step_in_epoch = step + 1
+            self.step_in_epoch, self.epoch_loss_sum = step + 1, total_loss
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if self.should_stop():
                 self.checkpoint("last")
@@ -208,8 +218,9 @@ class Run:
                 acc.end_training()
                 raise Preempted(128 + max(STOP["signal"], 1))
         elapsed = time.perf_counter() - start
-        clips = seen * self.cfg.batch_size * acc.num_processes
-        return {"loss": total_loss / max(seen, 1), "clips_per_s": clips / elapsed, "data_wait": waited / elapsed}
+        clips = (self.step_in_epoch - skip) * self.cfg.batch_size * acc.num_processes
+        return {"loss": total_loss / max(self.step_in_epoch, 1), "clips_per_s": clips / elapsed,
+                "data_wait": waited / elapsed}
 
     def log_epoch(self, train: dict, val: dict) -> None:
         """Scalars to TensorBoard and a line on the console."""
@@ -241,7 +252,7 @@ class Run:
             improved = val["ua"] > self.best["ua"]
             if improved:
                 self.best = {"ua": val["ua"], "epoch": self.epoch, "val": val}
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self.epoch, self.step_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
             if improved:
                 self.checkpoint("best")
             self.checkpoint("last")

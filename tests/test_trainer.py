@@ -86,14 +86,25 @@ def test_tensorboard_has_the_expected_tags(trained):
     assert scalars["val/ua"] == scalars["train/loss"] == [0, 1, 2, 3]
 
 
-def test_two_process_ddp_through_accelerate_launch(setup):
-    """`accelerate launch --multi_gpu --num_processes 2` on CPU: 2 ranks, disjoint data, identical weights."""
+def launch_two(setup, run, *extra, port: int, script: str = "train.py"):
+    """`accelerate launch --multi_gpu --num_processes 2` of SCRIPT on CPU; the finished process."""
     tmp, shards, config = setup
-    proc = run_python(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                       "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29731", "train.py",
-                       *train_args(tmp, shards, config, "ddp", "--epochs", "2")])
+    return run_python(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                       "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), script,
+                       *train_args(tmp, shards, config, run, *extra)])
+
+
+@pytest.fixture(scope="module")
+def ddp(setup):
+    """A finished two-process run of 2 epochs."""
+    proc = launch_two(setup, "ddp", "--epochs", "2", port=29731)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = metrics(setup, "ddp")
+    return metrics(setup, "ddp")
+
+
+def test_two_process_ddp_through_accelerate_launch(setup, ddp):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: 2 ranks, disjoint data, identical weights."""
+    tmp, m = setup[0], ddp
     assert m["world_size"] == 2 and len(m["weight_checksums"]) == 2 and len(set(m["weight_checksums"])) == 1
     parts = json.loads((tmp / "models/ddp/ranks.json").read_text())
     keys = [set(p["train_keys_epoch0"]) for p in parts]
@@ -125,6 +136,24 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(setup):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from epoch 1 step 5" in proc.stdout
     assert [h["epoch"] for h in metrics(setup, "preempted")["history"]] == [0, 1, 2]
+
+
+def test_two_process_preemption_mid_epoch_resumes_exactly(setup, ddp):
+    """Both ranks signalled in epoch 1 (as SLURM signals every task): one checkpoint at that step holding each rank's
+    random state; the resumed two-process run ends with exactly the uninterrupted run's losses and test metrics."""
+    script = setup[0] / "signal_at.py"
+    script.write_text(SIGNAL_AT.replace("{step}", str(4 + 2)).replace("{signal}", "SIGTERM"))  # 4 steps per epoch
+    proc = launch_two(setup, "ddp-preempted", "--epochs", "2", port=29732, script=str(script))
+    assert proc.returncode != 0 and "checkpoint saved at epoch 1 step 2" in proc.stdout, proc.stderr[-3000:]
+    state = load_checkpoint(setup[0] / "models/ddp-preempted/last.pt")
+    assert (state["epoch"], state["step"]) == (1, 2) and len(state["rng"]) == 2
+    assert not (state["rng"][0]["torch"] == state["rng"][1]["torch"]).all()  # each rank's own generator
+    proc = launch_two(setup, "ddp-preempted", "--epochs", "2", "--resume", "auto", port=29733)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from epoch 1 step 2" in proc.stdout
+    resumed = metrics(setup, "ddp-preempted")
+    assert resumed["test"] == ddp["test"] and resumed["weight_checksums"] == ddp["weight_checksums"]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in ddp["history"]]  # epoch 1: all 4 steps
 
 
 def test_bf16_autocast_on_cpu(setup):
