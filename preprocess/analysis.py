@@ -44,12 +44,15 @@ def counts(data: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return table.reset_index().rename_axis(columns=None)
 
 
-def summary(data: pd.DataFrame, column: str) -> pd.DataFrame:
-    """count/mean/std/min/median/max of COLUMN per emotion and intensity, then per intensity over all emotions."""
-    per_emotion = data.groupby(["emotion", "intensity"], observed=True)[column].agg(SUMMARY)
-    overall = data.groupby("intensity")[column].agg(SUMMARY).assign(emotion="all")
-    overall = overall.set_index("emotion", append=True).reorder_levels(["emotion", "intensity"])
-    return pd.concat([per_emotion, overall]).reset_index()
+def summary(data: pd.DataFrame, column: str, split: str | None = None) -> pd.DataFrame:
+    """count/mean/std/min/median/max of COLUMN per emotion and intensity, then per intensity over all emotions;
+    with SPLIT (e.g. gender), all of that once per SPLIT value."""
+    keys = [split] if split else []
+    per_emotion = data.groupby(keys + ["emotion", "intensity"], observed=True)[column].agg(SUMMARY)
+    overall = data.groupby(keys + ["intensity"], observed=True)[column].agg(SUMMARY).assign(emotion="all")
+    overall = overall.set_index("emotion", append=True).reorder_levels(keys + ["emotion", "intensity"])
+    table = pd.concat([per_emotion, overall]).reset_index()
+    return table.sort_values(keys, kind="stable") if keys else table
 
 
 def save(fig: plt.Figure, path: Path) -> None:
@@ -195,8 +198,8 @@ def report_text(data: pd.DataFrame, examples: list[tuple[str, str, np.ndarray]])
         "![RMS level per emotion and intensity](loudness_by_emotion.png)",
         "## Median pitch (Hz)",
         "YIN F0 (65-500 Hz) per 64 ms frame, median over the frames whose RMS is within 30 dB of the clip's loudest "
-        "frame. The table mixes male and female voices; the plot shows them apart.",
-        markdown_table(summary(data, "f0_median_hz")),
+        "frame; male and female voices apart.",
+        markdown_table(summary(data, "f0_median_hz", split="gender")),
         "![Median pitch per emotion and intensity, by gender](pitch_by_emotion.png)",
         "## Example clips",
         "First clip per emotion in key order (normal intensity and statement 1 first): "

@@ -57,6 +57,20 @@ def test_report_counts_match_the_input(analysed):
         assert f"]({plot})" in text
 
 
+def test_pitch_table_is_per_gender(analysed):
+    """The pitch table keeps male and female voices apart: an overall row per gender and intensity, matching the data."""
+    data, report, stats = analysed
+    section = report.read_text().split("## Median pitch (Hz)")[1].split("##")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    header, rows = rows[0], rows[2:]
+    assert header[:3] == ["gender", "emotion", "intensity"] and {r[0] for r in rows} == {"female", "male"}
+    f0 = data.set_index("key").join(stats["f0_median_hz"])
+    for gender, intensity in [("male", "normal"), ("female", "strong")]:
+        row = next(r for r in rows if r[:3] == [gender, "all", intensity])
+        chosen = f0[(f0["gender"] == gender) & (f0["intensity"] == intensity)]["f0_median_hz"]
+        assert float(row[header.index("median")]) == pytest.approx(chosen.median(), abs=0.01)
+
+
 def test_every_plot_is_a_readable_image(analysed):
     """Each PNG exists and decodes to a reasonably sized RGB(A) image."""
     _, report, _ = analysed
