@@ -143,17 +143,24 @@ def example_grid(count: int) -> tuple[plt.Figure, np.ndarray]:
     return fig, axes
 
 
+def label_example_grid(fig: plt.Figure, axes: np.ndarray, ylabel: str, title: str) -> None:
+    """Axis labels on the outer panels only (time on the bottom row), the figure title, a tight layout."""
+    for ax in axes.flat:
+        ax.set(xlabel="", ylabel=ylabel)
+        ax.label_outer()
+    for ax in axes[-1]:
+        ax.set_xlabel("time (s)")
+    fig.suptitle(title)
+    fig.tight_layout()
+
+
 def plot_waveforms(examples: list[tuple[str, str, np.ndarray]], path: Path) -> None:
     """One waveform panel per emotion example, time in seconds."""
     fig, axes = example_grid(len(examples))
     for ax, (emotion, key, audio) in zip(axes.flat, examples):
         ax.plot(librosa.samples_to_time(np.arange(len(audio)), sr=ANALYSIS_RATE), audio, lw=0.4, color="tab:blue")
-        ax.set(title=f"{emotion} ({key})", xlabel="", ylabel="amplitude")
-        ax.label_outer()
-    for ax in axes[-1]:
-        ax.set_xlabel("time (s)")
-    fig.suptitle(f"Example waveform per emotion ({ANALYSIS_RATE // 1000} kHz mono)")
-    fig.tight_layout()
+        ax.set_title(f"{emotion} ({key})")
+    label_example_grid(fig, axes, "amplitude", f"Example waveform per emotion ({ANALYSIS_RATE // 1000} kHz mono)")
     save(fig, path)
 
 
@@ -165,12 +172,9 @@ def plot_logmel(examples: list[tuple[str, str, np.ndarray]], path: Path) -> None
                                              n_mels=N_MELS)
         image = librosa.display.specshow(librosa.power_to_db(mel, ref=np.max), sr=ANALYSIS_RATE, hop_length=MEL_HOP,
                                          x_axis="s", y_axis="mel", ax=ax, vmin=-80, vmax=0)
-        ax.set(title=f"{emotion} ({key})", xlabel="", ylabel="frequency (Hz, mel scale)")
-        ax.label_outer()
-    for ax in axes[-1]:
-        ax.set_xlabel("time (s)")
-    fig.suptitle(f"Example log-mel spectrogram per emotion ({N_MELS} mel bands, {ANALYSIS_RATE // 1000} kHz)")
-    fig.tight_layout()
+        ax.set_title(f"{emotion} ({key})")
+    label_example_grid(fig, axes, "frequency (Hz, mel scale)",
+                       f"Example log-mel spectrogram per emotion ({N_MELS} mel bands, {ANALYSIS_RATE // 1000} kHz)")
     if examples:
         fig.colorbar(image, ax=axes.flat[:len(examples)], label="power (dB re clip max)", shrink=0.6)
     save(fig, path)
