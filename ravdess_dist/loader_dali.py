@@ -114,7 +114,8 @@ def key_of(source_info: str) -> str:
 
 
 class DaliLoader(ShardLoader):
-    """DALI pipeline per pass; Frontend.finish (MFCC, normalisation) and SpecAugment in torch."""
+    """A DALI pipeline per training epoch, one for all evaluation passes; Frontend.finish (MFCC, normalisation) and
+    SpecAugment in torch."""
 
     def __init__(self, *args, **kwargs):
         """Keep the Frontend for its torch-side step and the GPU to run on (see ShardLoader for the arguments)."""

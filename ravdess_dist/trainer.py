@@ -163,9 +163,8 @@ class Run:
             "model": self.accelerator.unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng,
-            "epoch": self.epoch, "step": self.step_in_epoch, "epoch_loss_sum": self.epoch_loss_sum, "best": self.best,
-            "history": self.history,
-            "config": to_dict(self.cfg), "classes": self.classes})
+            "epoch": self.epoch, "step": self.step_in_epoch, "epoch_loss_sum": self.epoch_loss_sum,
+            "best": self.best, "history": self.history, "config": to_dict(self.cfg), "classes": self.classes})
 
     def resumed_rng(self) -> dict | None:
         """This rank's random state from the checkpoint; None (the epoch's seed stays) if it has another world size."""
@@ -188,7 +187,7 @@ class Run:
         set_seed(self.cfg.seed + 1000 * self.epoch, device_specific=True)  # the epoch replays identically on resume
         self.train_loader.set_epoch(self.epoch)
         skip, resumed_rng = self.step_in_epoch, self.resumed_rng() if self.step_in_epoch else None
-        total_loss, waited, start = self.epoch_loss_sum if skip else 0.0, 0.0, time.perf_counter()
+        waited, start = 0.0, time.perf_counter()
         batches = iter(self.train_loader)
         bar = tqdm(range(len(self.train_loader)), desc=f"epoch {self.epoch}", disable=not acc.is_local_main_process,
                    leave=False)
@@ -209,9 +208,9 @@ class Run:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            total_loss += loss.item()
-            self.step_in_epoch, self.epoch_loss_sum = step + 1, total_loss
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            value = loss.item()  # one device sync per step
+            self.step_in_epoch, self.epoch_loss_sum = step + 1, self.epoch_loss_sum + value
+            bar.set_postfix(loss=f"{value:.3f}")
             if self.should_stop():
                 self.checkpoint("last")
                 acc.print(f"signal {STOP['signal']}: checkpoint saved at epoch {self.epoch} step {self.step_in_epoch}")
@@ -219,7 +218,7 @@ class Run:
                 raise Preempted(128 + max(STOP["signal"], 1))
         elapsed = time.perf_counter() - start
         clips = (self.step_in_epoch - skip) * self.cfg.batch_size * acc.num_processes
-        return {"loss": total_loss / max(self.step_in_epoch, 1), "clips_per_s": clips / elapsed,
+        return {"loss": self.epoch_loss_sum / max(self.step_in_epoch, 1), "clips_per_s": clips / elapsed,
                 "data_wait": waited / elapsed}
 
     def log_epoch(self, train: dict, val: dict) -> None:
