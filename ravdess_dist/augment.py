@@ -19,6 +19,9 @@ class AugmentConfig:
     clip, i.e. half of what the model saw was noisy); time_shift_s moves the sentence by up to +-0.2 s;
     each SpecAugment mask covers at most 8 of 64 bins or 20 of 301 frames (0.2 s), milder than SpecAugment's
     LibriSpeech policies (27 of 80 bins, 100 frames) because a clip holds one short sentence.
+    speed (None: off) plays each training clip at a factor drawn from the list (e.g. [0.9, 1.0, 1.1]: Kaldi-style
+    speed perturbation, tempo and pitch together, by resampling); mixup_alpha > 0 mixes pairs of training clips
+    with a Beta(alpha, alpha) weight and mixes their targets alike (the trainer's step).
     """
 
     noise_snr_db: tuple[float, float] | None = (15.0, 30.0)
@@ -28,6 +31,8 @@ class AugmentConfig:
     freq_mask_width: int = 8
     time_masks: int = 2
     time_mask_width: int = 20
+    speed: tuple[float, ...] | None = None
+    mixup_alpha: float = 0.0
 
     def __post_init__(self):
         """Accept the SNR range as a list (YAML has no tuples) and refuse a reversed one."""
@@ -35,6 +40,12 @@ class AugmentConfig:
             self.noise_snr_db = tuple(float(v) for v in self.noise_snr_db)
             if len(self.noise_snr_db) != 2 or self.noise_snr_db[0] > self.noise_snr_db[1]:
                 raise ValueError(f"augment.noise_snr_db must be (low, high) with low <= high, got {self.noise_snr_db}")
+        if self.speed is not None:
+            self.speed = tuple(float(v) for v in self.speed)
+            if not self.speed or not all(0.5 <= v <= 2.0 for v in self.speed):
+                raise ValueError(f"augment.speed must list factors in [0.5, 2], got {self.speed}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"augment.mixup_alpha must be >= 0, got {self.mixup_alpha}")
         if not 0.0 <= self.noise_p <= 1.0:
             raise ValueError(f"augment.noise_p must lie in [0, 1], got {self.noise_p}")
 
@@ -102,3 +113,21 @@ class SpecAugment(nn.Module):
         for _ in range(self.cfg.time_masks):
             spec = self.time(spec)
         return spec
+
+
+def speed_ratio(factor: float) -> tuple[int, int]:
+    """(orig_freq, new_freq) for torchaudio's resample that plays audio FACTOR times faster (1.1: 10 % shorter)."""
+    orig, new = round(factor * 100), 100
+    return orig, new
+
+
+def speed_perturb(windows: Tensor, factor: float, length: int) -> Tensor:
+    """Windows [B, ~length * factor] played FACTOR times faster -> [B, length] (resampled, then cut or zero-padded)."""
+    if factor == 1.0:
+        out = windows
+    else:
+        orig, new = speed_ratio(factor)
+        out = torchaudio.functional.resample(windows, orig, new)
+    if out.shape[1] >= length:
+        return out[:, :length]
+    return torch.nn.functional.pad(out, (0, length - out.shape[1]))

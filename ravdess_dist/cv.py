@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         args = ap.parse_args(argv[1:])
         summarize(load_metrics(args.runs), args.out)
         return
-    cfg = load_config(argv)
+    try:
+        cfg = load_config(argv)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
     if cfg.test_actors or cfg.val_actors:
         sys.exit("error: cross-validation chooses test actors by fold; drop --test-actors/--val-actors")
     cfg.folds = cfg.folds or 6
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     for fold in range(cfg.folds):
         fold_cfg = load_config(argv)
         fold_cfg.folds, fold_cfg.fold, fold_cfg.run_name = cfg.folds, fold, f"{name}/fold{fold}"
-        results.append(training_function(fold_cfg))
+        results.append(training_function(fold_cfg, last=fold == cfg.folds - 1))
     summarize(results, Path(cfg.output_dir) / name)
 
 

@@ -16,7 +16,7 @@ def evaluate(model, loader, accelerator, class_names: list[str]) -> tuple[dict, 
     logits, labels, keys = [], [], []
     for batch in loader:
         with accelerator.autocast():
-            out = model(batch.features).float()
+            out = window_average(model, batch.features)
         # ranks may hold batches of different sizes: pad to a common size (valid=False), gather, drop the padding
         out, lab, valid = (accelerator.pad_across_processes(t) for t in (out, batch.labels, batch.valid))
         padded_keys = list(batch.keys) + [""] * (len(out) - len(batch.keys))
@@ -33,6 +33,16 @@ def evaluate(model, loader, accelerator, class_names: list[str]) -> tuple[dict, 
     rows = [{"key": k, "label": class_names[t], "pred": class_names[p], "prob": round(float(pr[p]), 4)}
             for k, t, p, pr in zip(keys, labels.tolist(), preds.tolist(), probs)]
     return summarize(cm, class_names), cm, rows
+
+
+def window_average(model, features: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities [B, C] of features [B, 1, F, T], or of [B, K, 1, F, T] (K windows per clip, probabilities
+    averaged: the whole utterance counts, not one window)."""
+    if features.dim() == 4:
+        return model(features).float().log_softmax(dim=1)
+    b, k = features.shape[:2]
+    probs = model(features.flatten(0, 1)).float().softmax(dim=1).reshape(b, k, -1).mean(dim=1)
+    return probs.clamp_min(1e-12).log()
 
 
 def gather_keys(accelerator, keys: list[str]) -> list[str]:

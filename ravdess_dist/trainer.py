@@ -15,8 +15,10 @@ from tqdm import tqdm
 
 from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ravdess_dist.config import TrainConfig, to_dict
+from ravdess_dist.device import provenance, resolve_device
 from ravdess_dist.evaluate import evaluate, plot_confusion
-from ravdess_dist.loaders import epoch_part, make_loader
+from ravdess_dist.data.contract import LoaderSpec
+from ravdess_dist.data.factory import make_loader
 from ravdess_dist.models import create_model
 from shards.manifest import Manifest
 from shards.splits import make_split
@@ -34,9 +36,12 @@ def _on_signal(signum, _frame):
     STOP["signal"] = signum
 
 
-def resolve_precision(cfg: TrainConfig) -> str:
-    """`auto` means bf16 on a GPU and full precision on a CPU; fp16 needs a GPU."""
-    cuda = torch.cuda.is_available()
+def resolve_precision(cfg: TrainConfig, device: str) -> str:
+    """`auto` means bf16 on a GPU and full precision on a CPU; fp16 needs a GPU.
+
+    Not bf16 on CPUs: without AVX512-BF16/AMX (e.g. an AVX2-only EPYC) bf16 autocast trains 2-4x slower than float32.
+    """
+    cuda = device == "cuda"
     if cfg.mixed_precision == "auto":
         return "bf16" if cuda else "no"
     if cfg.mixed_precision == "fp16" and not cuda:
@@ -63,6 +68,14 @@ def resume_state(cfg: TrainConfig) -> dict | None:
         if saved[key] != to_dict(cfg)[key]:
             raise ValueError(f"{path}: checkpoint has {key}={saved[key]!r}, this run asks {to_dict(cfg)[key]!r}")
     return state
+
+
+def training_entries(manifest: Manifest, cfg: TrainConfig, actors, classes: list[str]):
+    """The training shards: the requested intensity, or both (`train_intensities: both`) restricted to the classes
+    of the requested one -- strong has no neutral, so a model for strong never sees, and never predicts, neutral."""
+    if cfg.train_intensities == "same":
+        return manifest.select(cfg.intensity, actors)
+    return [entry.only(classes) for entry in manifest.select("all", actors)]
 
 
 def class_weights(entries, classes: list[str]) -> torch.Tensor:
@@ -94,7 +107,8 @@ class Run:
 
     def __init__(self, cfg: TrainConfig):
         self.started = time.time()
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=resolve_precision(cfg),
+        device = resolve_device(cfg.device)  # an error, not a silent CPU run, when GPUs are there but unusable
+        self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolve_precision(cfg, device),
                                        log_with="tensorboard", project_dir=cfg.logging_dir)
         acc = self.accelerator
         self.state = resume_state(cfg)
@@ -107,18 +121,20 @@ class Run:
         self.classes = manifest.class_names(cfg.intensity)
         set_seed(cfg.seed)
 
-        def loader(actors, train):
-            """A loader over the shards of these actors for this rank."""
-            entries = manifest.select(cfg.intensity, actors)
-            return make_loader(cfg.backend, Path(cfg.shards), entries, self.classes, cfg.batch_size, train, cfg.features,
-                               cfg.augment if train else None, acc.device, acc.process_index, acc.num_processes,
-                               cfg.seed, cfg.num_workers)
+        def loader(entries, train):
+            """A loader over these shards for this rank."""
+            return make_loader(cfg.backend, LoaderSpec(
+                Path(cfg.shards), entries, self.classes, cfg.batch_size, train, cfg.features,
+                cfg.augment if train else None, acc.device, acc.process_index, acc.num_processes, cfg.seed,
+                cfg.num_workers, cfg.eval_crops, cfg.speaker_norm))
 
-        self.train_loader, self.val_loader = loader(self.split.train, True), loader(self.split.val, False)
-        self.test_loader = loader(self.split.test, False)
+        self.train_entries = training_entries(manifest, cfg, self.split.train, self.classes)
+        self.train_loader = loader(self.train_entries, True)
+        self.val_loader = loader(manifest.select(cfg.intensity, self.split.val), False)
+        self.test_loader = loader(manifest.select(cfg.intensity, self.split.test), False)
         model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
         optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader))
-        weights = class_weights(manifest.select(cfg.intensity, self.split.train), self.classes) if cfg.class_weights else None
+        weights = class_weights(self.train_entries, self.classes) if cfg.class_weights else None
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
         # the loaders already split by rank: only the model and optimizer go through prepare()
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -129,11 +145,11 @@ class Run:
             self.restore(self.state)
         acc.init_trackers(cfg.run_name)
         self.writer = acc.get_tracker("tensorboard", unwrap=True) if acc.is_main_process else None
-        first_epoch = epoch_part(manifest.select(cfg.intensity, self.split.train), True, cfg.seed, 0,
-                                 acc.process_index, acc.num_processes)
+        first_epoch = self.train_loader.plan(0)
         ranks = gather_object([{"rank": acc.process_index, "node_rank": int(os.environ.get("GROUP_RANK", 0)),
                                 "host": socket.gethostname(), "slurm_node": os.environ.get("SLURMD_NODENAME"),
-                                "train_keys_epoch0": [k for _, keys in first_epoch for k in keys]}])
+                                "train_keys_epoch0": [k for _, keys in first_epoch for k in keys],
+                                "provenance": provenance(str(acc.device))}])
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -201,14 +217,7 @@ class Run:
                 continue
             if self.epoch == 0 and step == 0:
                 self.log_spectrograms(batch.features)
-            with acc.autocast():
-                loss = self.loss_fn(model(batch.features), batch.labels)
-            acc.backward(loss)
-            acc.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            value = loss.item()  # one device sync per step
+            value = self.train_step(batch).item()  # one device sync per step
             self.step_in_epoch, self.epoch_loss_sum = step + 1, self.epoch_loss_sum + value
             bar.set_postfix(loss=f"{value:.3f}")
             if self.should_stop():
@@ -220,6 +229,24 @@ class Run:
         clips = (self.step_in_epoch - skip) * self.cfg.batch_size * acc.num_processes
         return {"loss": self.epoch_loss_sum / max(self.step_in_epoch, 1), "clips_per_s": clips / elapsed,
                 "data_wait": waited / elapsed}
+
+    def train_step(self, batch) -> torch.Tensor:
+        """Forward (mixup when configured), backward, clip, optimiser and scheduler step; returns the loss."""
+        acc, x, y = self.accelerator, batch.features, batch.labels
+        with acc.autocast():
+            if self.cfg.augment.mixup_alpha > 0:  # convex pairs of clips, the loss mixed with the same weight
+                lam = float(torch.distributions.Beta(self.cfg.augment.mixup_alpha, self.cfg.augment.mixup_alpha).sample())
+                pair = torch.randperm(len(y), device=y.device)
+                logits = self.model(lam * x + (1 - lam) * x[pair])
+                loss = lam * self.loss_fn(logits, y) + (1 - lam) * self.loss_fn(logits, y[pair])
+            else:
+                loss = self.loss_fn(self.model(x), y)
+        acc.backward(loss)
+        acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     def log_epoch(self, train: dict, val: dict) -> None:
         """Scalars to TensorBoard and a line on the console."""
@@ -277,6 +304,8 @@ class Run:
                    "classes": self.classes, "split": vars(self.split), "best_epoch": self.best["epoch"],
                    "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),
                    "world_size": acc.num_processes, "mixed_precision": acc.mixed_precision,
+                   # speaker_norm normalises with statistics of the test actors' own (unlabelled) audio
+                   "transductive": self.cfg.speaker_norm,
                    "weight_checksums": self.weight_checksums,
                    "wall_seconds": round(time.time() - self.started, 1), "history": self.history}
         if acc.is_main_process:
@@ -292,8 +321,13 @@ class Run:
         acc.log({"test/wa": test["wa"], "test/ua": test["ua"], "test/macro_f1": test["macro_f1"]}, step=self.epoch)
         acc.print(f"test actors {list(self.split.test)}: WA {test['wa']:.3f} UA {test['ua']:.3f} "
                   f"macro-F1 {test['macro_f1']:.3f}; outputs in {self.run_dir}")
-        acc.end_training()
+        for tracker in acc.trackers:  # close this run's event files; the process group stays for a next run (CV)
+            tracker.finish()
         return metrics
+
+    def close(self) -> None:
+        """End the process's last run: trackers and the process group (a later collective would fail)."""
+        self.accelerator.end_training()
 
 
 def write_json(path: Path, obj) -> None:
@@ -303,8 +337,14 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def training_function(cfg: TrainConfig) -> dict:
-    """Train, keep the best model by validation UA, evaluate it on the test actors; returns metrics.json's content."""
+def training_function(cfg: TrainConfig, last: bool = True) -> dict:
+    """Train, keep the best model by validation UA, evaluate it on the test actors; returns metrics.json's content.
+
+    LAST: this is the process's last run, so the process group ends with it (cross-validation passes False until
+    its last fold: `end_training` destroys the group, and the next fold's first collective would fail)."""
     run = Run(cfg)
     run.fit()
-    return run.test()
+    metrics = run.test()
+    if last:
+        run.close()
+    return metrics

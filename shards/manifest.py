@@ -1,10 +1,10 @@
 """The shard manifest: which shards exist, what they hold, and how to select them by intensity and actors."""
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from shards.labels import EMOTIONS, SELECTIONS, class_names
+from shards.labels import EMOTIONS, SELECTIONS, class_names, emotion_of_key
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -23,6 +23,12 @@ class ShardEntry:
     keys: list[str] = field(default_factory=list)
     emotions: dict[str, int] = field(default_factory=dict)
     fingerprint: str = ""  # digest of the inputs (sources, sample rate, format); unchanged inputs skip re-packing
+
+    def only(self, emotions) -> "ShardEntry":
+        """This shard restricted to the samples of EMOTIONS (keys, count and emotion counts; the tar is unchanged)."""
+        wanted = set(emotions)
+        keys = [k for k in self.keys if emotion_of_key(k) in wanted]
+        return replace(self, keys=keys, samples=len(keys), emotions={e: n for e, n in self.emotions.items() if e in wanted})
 
     @property
     def index_path(self) -> str:

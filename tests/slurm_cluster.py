@@ -1,8 +1,10 @@
 """Pytest fixtures for a real SLURM cluster on this machine (launch/local_slurm.sh), and helpers to run jobs on it.
 
-`slurm_cluster` starts a 2-node cluster once per session, in its own state directory and on free ports, so a
-cluster you run yourself is left alone; it points SLURM_CONF (and LOCAL_SLURM_*) at it for the session, so
-`sbatch`, `squeue` and `launch/local_slurm.sh status` in tests reach it, and stops it at the end.
+`slurm_cluster` starts a 2-node cluster once per session, each node with 2 fake GPUs (GRES backed by placeholder
+device files: SLURM schedules them and, as root, sets CUDA_VISIBLE_DEVICES; nothing can compute on them), in its
+own state directory and on free ports, so a cluster you run yourself is left alone; it points SLURM_CONF (and
+LOCAL_SLURM_*) at it for the session, so `sbatch`, `squeue` and `launch/local_slurm.sh status` in tests reach it,
+and stops it at the end.
 It needs root (to install the packages) or the packages already installed; otherwise its tests are skipped.
 There is no slurmdbd, hence no `sacct`: job states come from `scontrol show job`, which keeps finished jobs an hour.
 """
@@ -23,6 +25,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "launch" / "local_slurm.sh"
 NODES = 2
+FAKE_GPUS = 2  # per node, in the session's cluster
 PACKAGES = "slurmctld slurmd slurm-client munge"
 TERMINAL_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"}
@@ -57,12 +60,14 @@ class LocalSlurm:
     env: dict[str, str]
 
     @classmethod
-    def in_dir(cls, state_dir: Path, nodes: int) -> LocalSlurm:
-        """Describes (without starting) a NODES-node cluster kept in STATE_DIR, on free ports, not linked in /etc."""
+    def in_dir(cls, state_dir: Path, nodes: int, gpus: int = 0) -> LocalSlurm:
+        """Describes (without starting) a NODES-node cluster with GPUS fake GPUs per node, kept in STATE_DIR, on free
+        ports, not linked in /etc."""
         env = {
             "LOCAL_SLURM_DIR": str(state_dir),
             "LOCAL_SLURM_PORT": str(free_port_base(nodes + 1)),
             "LOCAL_SLURM_ETC_LINK": "",
+            "LOCAL_SLURM_GPUS": str(gpus),
             "SLURM_CONF": str(state_dir / "slurm.conf"),
         }
         return cls(state_dir, env)
@@ -101,9 +106,10 @@ def require_slurm() -> None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
-    """A running 2-node local cluster for the whole session, selected through SLURM_CONF; stopped at the end."""
+    """A running 2-node local cluster (2 fake GPUs per node) for the whole session, selected through SLURM_CONF;
+    stopped at the end."""
     require_slurm()
-    cluster = LocalSlurm.in_dir(tmp_path_factory.mktemp("local_slurm"), NODES)
+    cluster = LocalSlurm.in_dir(tmp_path_factory.mktemp("local_slurm"), NODES, FAKE_GPUS)
     try:
         started = cluster.run("start", "--nodes", str(NODES))
         if started.returncode != 0:

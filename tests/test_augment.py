@@ -1,8 +1,9 @@
 """Augmentation: identity in eval mode, random in training, noise at the configured SNR, shifts within bounds."""
 import pytest
 import torch
+import torchaudio
 
-from ravdess_dist.augment import AugmentConfig, SpecAugment, WaveAugment
+from ravdess_dist.augment import AugmentConfig, SpecAugment, WaveAugment, speed_perturb, speed_ratio
 
 SR = 1000
 
@@ -79,3 +80,28 @@ def test_config_accepts_yaml_list_and_refuses_reversed_range():
     assert AugmentConfig(noise_snr_db=[10, 20]).noise_snr_db == (10.0, 20.0)
     with pytest.raises(ValueError, match="noise_snr_db"):
         AugmentConfig(noise_snr_db=(30.0, 15.0))
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_changes_length_and_pitch(factor):
+    """A window of length*factor samples played factor times faster: `length` samples, pitch times factor."""
+    sr, length, freq = 16000, 16000, 440.0
+    n = round(length * factor)
+    window = torch.sin(2 * torch.pi * freq * torch.arange(n) / sr)[None]
+    out = speed_perturb(window, factor, length)
+    assert out.shape == (1, length)
+    raw = torchaudio.functional.resample(window, *speed_ratio(factor))
+    assert abs(raw.shape[1] - n / factor) <= 1  # the resampled clip itself is factor times shorter
+    peak = torch.fft.rfft(out[0, :length - 200]).abs().argmax().item() * sr / (length - 200)
+    assert peak == pytest.approx(freq * factor, rel=0.01)
+    full = torch.sin(2 * torch.pi * freq * torch.arange(length) / sr)[None]
+    assert torch.equal(speed_perturb(full, 1.0, length), full)  # factor 1: the window itself
+
+
+def test_speed_and_mixup_settings_are_checked():
+    """Speed factors outside [0.5, 2] and a negative mixup alpha are config errors; YAML lists become tuples."""
+    assert AugmentConfig(speed=[0.9, 1.0, 1.1]).speed == (0.9, 1.0, 1.1)
+    with pytest.raises(ValueError, match="augment.speed"):
+        AugmentConfig(speed=[3.0])
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        AugmentConfig(mixup_alpha=-1)

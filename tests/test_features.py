@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ravdess_dist.features import FeatureConfig, Frontend, crop_or_pad
+from ravdess_dist.features import FeatureConfig, Frontend, crop_or_pad, span_windows, speech_span
 from shards.audio import read_mono
 from tests.corpus import SAMPLE
 
@@ -127,3 +127,42 @@ def test_crop_train_is_random_within_the_clip_and_reproducible():
     again = crop_or_pad(waves, 400, train=True, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(again, crops[0])
     assert all((c[2, 300:] == 0).all() for c in crops)
+
+
+def tone_burst(sr: int = 16000) -> np.ndarray:
+    """0.6 s of near-silence, 1.0 s of a 220 Hz tone, 0.4 s of near-silence (the shape of a RAVDESS clip)."""
+    rng = np.random.default_rng(0)
+    wave = 1e-4 * rng.standard_normal(2 * sr).astype(np.float32)
+    t = np.arange(sr) / sr
+    wave[int(0.6 * sr):int(1.6 * sr)] += 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32)
+    return wave
+
+
+@pytest.mark.parametrize("top_db", [30.0, 40.0])
+def test_speech_span_of_a_tone_burst(top_db):
+    """The span of a tone burst starts and ends within a frame of the tone, exactly as librosa.effects.trim finds it."""
+    wave = tone_burst()
+    start, stop = speech_span(wave, top_db, 512, 160)
+    assert abs(start - 0.6 * 16000) <= 512 and abs(stop - 1.6 * 16000) <= 512
+    _, (lstart, lstop) = librosa.effects.trim(wave, top_db=top_db, frame_length=512, hop_length=160)
+    assert (start, stop) == (lstart, lstop)
+    assert speech_span(wave, None) == (0, len(wave)) and speech_span(np.zeros(100, np.float32), 30.0) == (0, 100)
+
+
+def test_span_windows_cover_the_span_inside_the_clip():
+    """K windows spread from the start to the end of a long span; a short span lies inside its one centred window;
+    windows never start before the clip or run past the end of a clip that is long enough."""
+    lengths = torch.tensor([48000, 48000, 10000])
+    spans = torch.tensor([[8000, 40000], [20000, 26000], [0, 10000]])
+    starts = span_windows(lengths, spans, 16000, 3)
+    assert starts[0].tolist() == [8000, 16000, 24000]  # first window at the span's start, last one ends at its end
+    assert all(s <= 20000 and s + 16000 >= 26000 for s in starts[1].tolist())
+    assert starts[2].tolist() == [0, 0, 0]  # clip shorter than the window: start 0, padded at the end
+    centred = span_windows(lengths, spans, 16000, 1)[:, 0]
+    assert centred.tolist() == [16000, 15000, 0]
+
+
+def test_speech_top_db_must_be_positive():
+    """A non-positive threshold is a config error naming the key."""
+    with pytest.raises(ValueError, match="speech_top_db"):
+        FeatureConfig(speech_top_db=0)

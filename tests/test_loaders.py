@@ -14,7 +14,8 @@ import webdataset as wds
 from preprocess.__main__ import main as preprocess
 from ravdess_dist.augment import AugmentConfig
 from ravdess_dist.features import FeatureConfig
-from ravdess_dist.loaders import BACKENDS, make_loader, rank_bounds, rank_part
+from ravdess_dist.data.contract import BACKENDS, rank_bounds, rank_part
+from ravdess_dist.data.factory import make_loader
 from shards.labels import EMOTIONS
 from shards.manifest import Manifest
 from tests.corpus import SAMPLE
@@ -34,8 +35,9 @@ def shards(tmp_path_factory) -> Path:
 def loader(backend: str, root: Path, intensity: str, batch_size: int, train: bool = False, augment=None, **kw):
     """make_loader over one selection of ROOT's shards on the CPU."""
     manifest = Manifest.load(root)
-    return make_loader(backend, root, manifest.select(intensity), manifest.class_names(intensity), batch_size, train,
-                       kw.pop("features", FeatureConfig()), augment, CPU, **kw)
+    return make_loader(backend, root=root, entries=manifest.select(intensity), class_names=manifest.class_names(intensity),
+                       batch_size=batch_size, train=train, features=kw.pop("features", FeatureConfig()), augment=augment,
+                       device=CPU, **kw)
 
 
 def collect(batches) -> dict:
@@ -152,8 +154,9 @@ def test_more_workers_than_shards(shards):
     manifest = Manifest.load(shards)
     entry = manifest.select("normal", actors=[2])
     for train in (False, True):
-        ldr = make_loader("torch", shards, entry, manifest.class_names("normal"), 32, train, FeatureConfig(),
-                          AugmentConfig() if train else None, CPU, num_workers=2)
+        ldr = make_loader("torch", root=shards, entries=entry, class_names=manifest.class_names("normal"), batch_size=32,
+                          train=train, features=FeatureConfig(), augment=AugmentConfig() if train else None, device=CPU,
+                          num_workers=2)
         assert sorted(collect(ldr)) == sorted(entry[0].keys)
 
 
@@ -178,8 +181,8 @@ def test_rank_without_samples_yields_only_padding(shards):
     manifest = Manifest.load(shards)
     entry = manifest.select("normal", actors=[1])
     for backend in BACKENDS:
-        ldr = make_loader(backend, shards, entry, manifest.class_names("normal"), 4, False, FeatureConfig(), None, CPU,
-                          rank=0, world_size=33)  # 32 clips: rank 0 gets none
+        ldr = make_loader(backend, root=shards, entries=entry, class_names=manifest.class_names("normal"), batch_size=4,
+                          train=False, features=FeatureConfig(), device=CPU, rank=0, world_size=33)  # 32 clips: rank 0 gets none
         batches = list(ldr)
         assert ldr.num_samples == 0 and len(batches) == len(ldr) == 1
         assert not batches[0].valid.any() and batches[0].features.shape == (4, 1, 64, 301)
@@ -232,7 +235,7 @@ def test_two_ranks_in_separate_processes(shards, tmp_path):
 def test_missing_dali_names_the_fix(shards, monkeypatch):
     """Without nvidia.dali importable, asking for the dali backend says how to install it."""
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # what Python does for a package that is absent
-    monkeypatch.delitem(sys.modules, "ravdess_dist.loader_dali", raising=False)
+    monkeypatch.delitem(sys.modules, "ravdess_dist.data.dali_path", raising=False)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[dali\]'"):
         loader("dali", shards, "normal", 8)
 

@@ -10,7 +10,7 @@ import webdataset as wds
 
 from preprocess.__main__ import main
 from shards.audio import PCM16_SCALE, decode_pcm16, encode_wav, read_mono
-from shards.labels import EMOTIONS
+from shards.labels import EMOTIONS, emotion_of_key
 from shards.manifest import Manifest
 from shards.writer import make_sample, write_shard
 from shards.splits import Split, gender_balanced_folds, make_split
@@ -144,3 +144,14 @@ def test_split_refuses_leaks():
     """A hand-built split with an actor in two parts is refused."""
     with pytest.raises(ValueError, match=r"actor\(s\) \[2\]"):
         Split(train=(1, 2), val=(2,), test=(3,))
+
+
+def test_entry_restricted_to_emotions(shard_root):
+    """ShardEntry.only keeps the keys, count and emotion counts of the given emotions; a foreign key is an error."""
+    entry = Manifest.load(shard_root).select("normal")[0]
+    seven = entry.only(EMOTIONS[1:])
+    assert seven.samples == len(seven.keys) == entry.samples - entry.emotions["neutral"]
+    assert "neutral" not in seven.emotions and all(emotion_of_key(k) != "neutral" for k in seven.keys)
+    assert seven.path == entry.path and entry.only(EMOTIONS).keys == entry.keys
+    with pytest.raises(ValueError, match="not a RAVDESS stem"):
+        emotion_of_key("clip-7")

@@ -87,10 +87,10 @@ def test_tensorboard_has_the_expected_tags(trained):
 
 
 def launch_two(setup, run, *extra, port: int, script: str = "train.py"):
-    """`accelerate launch --multi_gpu --num_processes 2` of SCRIPT on CPU; the finished process."""
+    """`accelerate launch --multi_gpu --num_processes 2` of SCRIPT (or `-m MODULE`) on CPU; the finished process."""
     tmp, shards, config = setup
     return run_python(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                       "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), script,
+                       "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *script.split(),
                        *train_args(tmp, shards, config, run, *extra)])
 
 
@@ -239,3 +239,60 @@ def test_cross_validation_aggregates_every_fold(setup):
     [row] = summary["summary"]
     assert row["folds"] == 3 and row["ua_mean"] == pytest.approx(np.mean([r["ua"] for r in summary["runs"]]))
     assert "± " in (tmp / "models/cv3/summary.md").read_text()
+
+
+def test_strong_model_trained_on_both_intensities_never_predicts_neutral(setup, tmp_path):
+    """train_intensities=both for strong: the training clips are both intensities without neutral, the model has the
+    7 strong classes (so it cannot predict neutral), the test is strong clips only, and predict gives 7 classes."""
+    proc = train(setup, "both", "--epochs", "2", "--intensity", "strong", "--backend", "device", "train_intensities=both")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = metrics(setup, "both")
+    assert m["classes"] == ["calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    keys = json.loads((setup[0] / "models/both/ranks.json").read_text())[0]["train_keys_epoch0"]
+    assert {k.split("-")[3] for k in keys} == {"01", "02"} and all(k.split("-")[2] != "01" for k in keys)
+    assert len(keys) == 2 * 28 * len(m["split"]["train"])  # 28 strong + 28 normal non-neutral clips per actor
+    preds = json.loads((setup[0] / "models/both/predictions.json").read_text())
+    assert len(preds) == 28 * len(m["split"]["test"]) and all(p["key"].split("-")[3] == "02" for p in preds)
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, tone(0.7, 16000, 330), 16000)
+    out = run_python(["-m", "ravdess_dist.predict", str(setup[0] / "models/both"), str(wav), "--json"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(json.loads(out.stdout)["probabilities"]) == sorted(m["classes"])
+
+
+def test_device_backend_with_every_lever(setup):
+    """Speech spans, 3 evaluation windows, speed perturbation, mixup and (transductive) speaker normalisation: trains
+    above chance on the tones, every test clip once, and metrics.json says the run used the test actors' audio."""
+    proc = train(setup, "levers", "--epochs", "4", "--backend", "device", "features.speech_top_db=30",
+                 "eval_crops=3", "augment.speed=[0.9,1.0,1.1]", "augment.mixup_alpha=0.2", "--speaker-norm")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = metrics(setup, "levers")
+    assert m["transductive"] is True and m["test"]["clips"] == 32 * len(m["split"]["test"])
+    assert all(math.isfinite(h["loss"]) for h in m["history"]) and m["test"]["ua"] > 0.2
+
+
+def test_ensemble_of_two_runs_and_predict_with_both(trained, setup, tmp_path):
+    """Two runs of the same split: the ensemble's metrics cover every test clip; predict averages both checkpoints."""
+    proc = train(setup, "second", "--epochs", "2", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [trained, setup[0] / "models/second"]
+    out = tmp_path / "ens"
+    proc = run_python(["-m", "ravdess_dist.ensemble", *map(str, runs), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ens = json.loads((out / "metrics.json").read_text())
+    assert ens["test"]["clips"] == 32 * len(ens["test_actors"]) and len(ens["members"]) == 2
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, tone(0.7, 16000, 330), 16000)
+    single = [json.loads(run_python(["-m", "ravdess_dist.predict", str(r), str(wav), "--json"]).stdout) for r in runs]
+    both = json.loads(run_python(["-m", "ravdess_dist.predict", *map(str, runs), str(wav), "--json"]).stdout)
+    for c, p in both["probabilities"].items():
+        assert p == pytest.approx((single[0]["probabilities"][c] + single[1]["probabilities"][c]) / 2, abs=2e-4)
+
+
+def test_cross_validation_with_two_processes_finishes_every_fold(setup):
+    """`accelerate launch --multi_gpu --num_processes 2 -m ravdess_dist.cv`: the process group outlives each fold."""
+    tmp = setup[0]
+    proc = launch_two(setup, "cv2p", "--folds", "3", "--epochs", "1", port=29741, script="-m ravdess_dist.cv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp / "models/cv2p/summary.json").read_text())
+    assert len(summary["runs"]) == 3

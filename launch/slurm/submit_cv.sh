@@ -6,8 +6,10 @@
 #   MODELS=hybrid INTENSITIES=normal FOLDS=3 launch/slurm/submit_cv.sh
 #
 # Run from the repository root. Variables: MODELS, INTENSITIES, FOLDS, OUTPUT_DIR (as in cv_array.sbatch), and
-# SBATCH_ARGS: extra sbatch options for both jobs (partition, account, --gres ...), ARRAY: the task ids to run
-# (default all, e.g. ARRAY=0-1 to try two), SUMMARY_LOG: the aggregation's log file. Prints the two job ids.
+# SBATCH_ARGS: extra sbatch options for both jobs (partition, account, resources: e.g.
+# "--gpus-per-node=0 --cpus-per-task=4 --mem=8G" on a CPU-only partition; see cv_array.sbatch for the defaults),
+# ARRAY: the task ids to run (default all, e.g. ARRAY=0-1 to try two), SUMMARY_LOG: the aggregation's log file.
+# The aggregation job asks for one CPU and no GPU unless SBATCH_ARGS says otherwise. Prints the two job ids.
 set -euo pipefail
 read -r -a models <<<"${MODELS:-cnn hybrid}"
 read -r -a intensities <<<"${INTENSITIES:-normal strong}"

@@ -31,4 +31,4 @@ def create_model(name: str, num_classes: int, n_bins: int, n_frames: int, **kwar
 
 
 # Importing the model modules registers them (they need register_model, defined above).
-from ravdess_dist.models import cnn, hybrid  # noqa: E402, F401
+from ravdess_dist.models import cnn, hybrid, resnet  # noqa: E402, F401

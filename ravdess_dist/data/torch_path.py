@@ -1,6 +1,6 @@
 """The torch backend: webdataset reads the rank's shards in DataLoader workers (soundfile decode), features on the device.
 
-Rank split: from the manifest (see ravdess_dist.loaders), not by webdataset's node splitter, so the pipeline is
+Rank split: from the manifest (see ravdess_dist.data.contract), not by webdataset's node splitter, so the pipeline is
 a plain `wds.DataPipeline` (no WORLD_SIZE check, no "No samples found" when workers outnumber shards) and the ranks'
 parts are the same as DALI's. Within a rank, worker w takes every num_workers-th chunk of batch_size samples, so in
 evaluation the DataLoader's round-robin over the workers yields the rank's part in order with one short batch at the
@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ravdess_dist.augment import AugmentConfig, WaveAugment
 from ravdess_dist.features import FeatureConfig, Frontend, crop_or_pad
-from ravdess_dist.loaders import SHUFFLE_BUFFER, RawBatch, ShardLoader, epoch_part, sub_seed
-from shards.audio import PCM16_SCALE, decode_pcm16
+from ravdess_dist.data.contract import SHUFFLE_BUFFER, RawBatch, ShardLoader, decode, epoch_part, sub_seed
+from shards.audio import PCM16_SCALE
 
 CPU_CHUNK = 8  # clips per Frontend call on the CPU: the intermediates (~5 MB) stay in cache, ~1.7x faster than 64
 
@@ -33,14 +33,6 @@ CPU_CHUNK = 8  # clips per Frontend call on the CPU: the intermediates (~5 MB) s
 def shard_urls(urls: list[str], rng: random.Random | None) -> list[dict]:
     """One pass of tar URLs for wds.tarfile_to_samples: in order, or in a fresh random order (training)."""
     return [{"url": url} for url in (rng.sample(urls, len(urls)) if rng else urls)]
-
-
-def decode(sample: dict) -> tuple[torch.Tensor, int, str]:
-    """A shard sample -> (mono int16 waveform, 8-way emotion index, key); a bad one is an error naming tar and key."""
-    try:
-        return torch.from_numpy(decode_pcm16(sample["wav"])), int(sample["cls"]), sample["__key__"]
-    except Exception as err:
-        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: cannot decode ({err})") from err
 
 
 def leave_signals_to_the_trainer(_worker_id: int) -> None:
@@ -117,9 +109,9 @@ class ShardStream(IterableDataset):
 class TorchLoader(ShardLoader):
     """webdataset + DataLoader workers decode, crop and collate; WaveAugment and Frontend run on the device."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, spec):
         """Build the worker pipeline and the device-side modules (see ShardLoader for the arguments)."""
-        super().__init__(*args, **kwargs)
+        super().__init__(spec)
         self.featurizer = Featurizer(self.features, self.augment).to(self.device)
         self.on_workers = self.device.type == "cpu" and self.num_workers > 0
         self.stream = ShardStream(self.root, self, self.featurizer if self.on_workers else None)

@@ -3,7 +3,7 @@ dB mel spectrogram on the GPU (with CPU operators when there is none); torch app
 configured, normalisation) and SpecAugment.
 
 Rank split: every rank's reader gets all tars in the epoch's order and takes its own samples with shard_id=rank,
-num_shards=world_size -- the same split as ravdess_dist.loaders.rank_part, so both backends give a rank the same clips.
+num_shards=world_size -- the same split as ravdess_dist.data.contract.rank_part, so both backends give a rank the same clips.
 The loader counts this rank's samples from the manifest itself, so the iterator runs without an epoch size: evaluation
 stops after the rank's own samples (pad_last_batch keeps the reader inside its part and ends each pass on a batch
 boundary), training streams endlessly and wraps around its own part (stick_to_shard). Training builds a pipeline for
@@ -30,7 +30,7 @@ except ImportError as err:  # the extra is optional: the torch backend needs non
 
 from ravdess_dist.augment import AugmentConfig
 from ravdess_dist.features import FeatureConfig, Frontend
-from ravdess_dist.loaders import SHUFFLE_BUFFER, RawBatch, ShardLoader, epoch_order, sub_seed
+from ravdess_dist.data.contract import SHUFFLE_BUFFER, RawBatch, ShardLoader, epoch_order, sub_seed
 
 OUTPUTS = ["features", "emotions", "source"]
 AMIN_DB = -100.0  # 10 * log10(1e-10): torchaudio AmplitudeToDB's floor
@@ -117,9 +117,9 @@ class DaliLoader(ShardLoader):
     """A DALI pipeline per training epoch, one for all evaluation passes; Frontend.finish (MFCC, normalisation) and
     SpecAugment in torch."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, spec):
         """Keep the Frontend for its torch-side step and the GPU to run on (see ShardLoader for the arguments)."""
-        super().__init__(*args, **kwargs)
+        super().__init__(spec)
         self.frontend = Frontend(self.features).to(self.device)
         self.device_id = None  # DALI's CPU-only mode
         if self.device.type == "cuda":

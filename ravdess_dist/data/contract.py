@@ -1,4 +1,4 @@
-"""The loader contract shared by both backends (torch/webdataset and DALI) and the `make_loader` factory.
+"""The loader contract every backend (torch/webdataset, DALI, device-resident) follows; the factory is data.factory.
 
 Rank split (both backends, no communication): the epoch's shard order is laid end to end and rank r takes the samples
 [floor(r*T/W), floor((r+1)*T/W)) of the T samples -- exactly how DALI's reader splits with shard_id/num_shards.
@@ -18,10 +18,11 @@ import torch
 from ravdess_dist.augment import AugmentConfig, SpecAugment
 from ravdess_dist.features import FeatureConfig
 from shards.labels import EMOTIONS
+from shards.audio import decode_pcm16
 from shards.manifest import ShardEntry
 
 SHUFFLE_BUFFER = 512  # samples mixed across shards in training (RAVDESS shards hold 28-32 clips)
-BACKENDS = ("torch", "dali")
+BACKENDS = ("torch", "dali", "device")
 
 
 @dataclass
@@ -88,31 +89,67 @@ def sub_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(parts).generate_state(1)[0] >> 1)
 
 
-class ShardLoader:
-    """Base of both backends: rank split, step count, labels, padding, SpecAugment; a backend yields RawBatches."""
+@dataclass
+class LoaderSpec:
+    """What a loader reads and how: one object instead of a dozen positional arguments.
 
-    def __init__(self, root: Path, entries: list[ShardEntry], class_names: list[str], batch_size: int, train: bool,
-                 features: FeatureConfig, augment: AugmentConfig | None, device: torch.device, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, num_workers: int = 2):
-        """Check the arguments and compute this rank's share from the manifest's sample counts alone."""
-        if not entries:
+    eval_crops: windows per clip at evaluation (device backend; probabilities averaged by `evaluate`).
+    speaker_norm: transductive per-actor feature statistics (device backend; uses the actors' unlabelled audio).
+    """
+
+    root: Path
+    entries: list[ShardEntry]
+    class_names: list[str]
+    batch_size: int
+    train: bool
+    features: FeatureConfig
+    augment: AugmentConfig | None = None
+    device: torch.device | str = "cpu"
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    num_workers: int = 2
+    eval_crops: int = 1
+    speaker_norm: bool = False
+
+
+def decode(sample: dict) -> tuple[torch.Tensor, int, str]:
+    """A shard sample -> (mono int16 waveform, 8-way emotion index, key); a bad one is an error naming tar and key."""
+    try:
+        return torch.from_numpy(decode_pcm16(sample["wav"])), int(sample["cls"]), sample["__key__"]
+    except Exception as err:
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: cannot decode ({err})") from err
+
+
+class ShardLoader:
+    """Base of every backend: rank split, step count, labels, padding, SpecAugment; a backend yields RawBatches."""
+
+    def __init__(self, spec: LoaderSpec):
+        """Check the spec and compute this rank's share from the manifest's sample counts alone."""
+        if not spec.entries:
             raise ValueError("no shards selected: check the intensity and the actors of the split")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.root, self.entries, self.class_names = Path(root), list(entries), list(class_names)
-        self.batch_size, self.train, self.features, self.device = batch_size, train, features, torch.device(device)
-        self.augment = augment if train else None
-        self.rank, self.world_size, self.seed, self.num_workers = rank, world_size, seed, num_workers
+        if not 0 <= spec.rank < spec.world_size:
+            raise ValueError(f"rank {spec.rank} is outside 0..{spec.world_size - 1}")
+        if spec.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {spec.batch_size}")
+        self.spec = spec
+        self.root, self.entries, self.class_names = Path(spec.root), list(spec.entries), list(spec.class_names)
+        self.batch_size, self.train, self.features = spec.batch_size, spec.train, spec.features
+        self.device = torch.device(spec.device)
+        self.augment = spec.augment if spec.train else None
+        self.rank, self.world_size, self.seed, self.num_workers = spec.rank, spec.world_size, spec.seed, spec.num_workers
         self.total = sum(e.samples for e in self.entries)
-        start, stop = rank_bounds(self.total, rank, world_size)
+        start, stop = rank_bounds(self.total, self.rank, self.world_size)
         self.num_samples = stop - start
-        if train and self.num_samples == 0:
-            raise ValueError(f"{self.total} training samples cannot feed {world_size} ranks")
+        if self.train and self.num_samples == 0:
+            raise ValueError(f"{self.total} training samples cannot feed {self.world_size} ranks")
         self.epoch = 0
         self.lookup = label_lookup(self.class_names)
         self.spec_augment = SpecAugment(self.augment).to(self.device) if self.augment else None
+
+    def plan(self, epoch: int) -> list[tuple[ShardEntry, list[str]]]:
+        """The shards and keys this rank reads in EPOCH (what ranks.json records; the trainer need not recompute it)."""
+        return epoch_part(self.entries, self.train, self.seed, epoch, self.rank, self.world_size)
 
     def __len__(self) -> int:
         """Steps per epoch, the same on every rank: ceil(total samples / (world size * batch size))."""
@@ -161,17 +198,3 @@ class ShardLoader:
             last = Batch(torch.zeros(shape, device=self.device), torch.zeros(self.batch_size, dtype=torch.int64,
                          device=self.device), [""] * self.batch_size, torch.zeros(self.batch_size, dtype=torch.bool))
         return Batch(last.features, last.labels, last.keys, torch.zeros_like(last.valid, device=self.device))
-
-
-def make_loader(backend: str, root: Path, entries: list[ShardEntry], class_names: list[str], batch_size: int,
-                train: bool, features: FeatureConfig, augment: AugmentConfig | None, device: torch.device,
-                rank: int = 0, world_size: int = 1, seed: int = 0, num_workers: int = 2) -> ShardLoader:
-    """A loader of this rank's batches from the shards ENTRIES under ROOT, by the named backend."""
-    if backend == "torch":
-        from ravdess_dist.loader_torch import TorchLoader as cls
-    elif backend == "dali":
-        from ravdess_dist.loader_dali import DaliLoader as cls
-    else:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    return cls(root, entries, class_names, batch_size, train, features, augment, device, rank, world_size, seed,
-               num_workers)

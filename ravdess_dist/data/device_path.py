@@ -1,0 +1,177 @@
+"""The device backend: the selected clips decoded once and kept as tensors on the device; every batch is cut, augmented
+and turned into features there.
+
+- Load: every shard of the selection is read once per process (webdataset + the shards' PCM16 decode) and cached by
+  path and sha256, so cross-validation in one process decodes the corpus once for all folds. The clips of the
+  selection are laid end to end in one int16 tensor on the device (pinned host memory when the device is the CPU is
+  pointless; CUDA gets a plain copy), with offsets, lengths, 8-way emotions, actors and speech spans
+  (`features.speech_top_db`, found once per clip at load time).
+- Rank split: this rank's keys of an epoch are `ShardLoader.plan(epoch)` -- the same clips the torch and DALI
+  backends give it. Training draws the order within the rank's part, the crops and the speed factors from a generator
+  seeded by (seed, epoch, rank), so an epoch replays exactly; noise, shift and SpecAugment draw from torch's global
+  generator on the device, which the trainer seeds per epoch (and restores on a mid-epoch resume).
+- Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span) are computed on the
+  first pass and kept: they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate`
+  averages the K windows' probabilities.
+- speaker_norm (transductive, off by default): each actor's log-mel is normalised by that actor's own statistics (mean
+  and standard deviation per mel band over the centre windows of all of that actor's clips in this loader's
+  selection) instead of per clip. For test actors this uses their unlabelled test audio.
+"""
+import functools
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torchaudio
+import webdataset as wds
+
+from ravdess_dist.augment import WaveAugment, speed_perturb
+from ravdess_dist.data.contract import RawBatch, ShardLoader, decode, sub_seed
+from ravdess_dist.features import Frontend, span_crop_starts, span_windows, speech_span
+from shards.audio import PCM16_SCALE
+from shards.manifest import Manifest
+
+CHUNK = 64  # clips per feature call: bounds the intermediate tensors of evaluation passes
+
+
+@functools.lru_cache(maxsize=256)
+def read_shard(path: str, sha256: str, source_rate: int, sample_rate: int, top_db: float | None, n_fft: int,
+               hop: int) -> list[tuple[str, int, np.ndarray, tuple[int, int]]]:
+    """(key, 8-way emotion, int16 audio at SAMPLE_RATE, speech span) of every sample of one tar, cached per process."""
+    out = []
+    for sample in wds.DataPipeline(wds.SimpleShardList([path]), wds.tarfile_to_samples(), wds.map(decode)):
+        wave, emotion, key = sample
+        if source_rate != sample_rate:
+            resampled = torchaudio.functional.resample(wave.float(), source_rate, sample_rate)
+            wave = resampled.round().clamp(-32768, 32767).to(torch.int16)
+        audio = wave.numpy()
+        out.append((key, emotion, audio, speech_span(audio.astype(np.float32) / PCM16_SCALE, top_db, n_fft, hop)))
+    return out
+
+
+class DeviceLoader(ShardLoader):
+    """Clips resident on the device; batches cut, augmented and featurised there (see the module docstring)."""
+
+    def __init__(self, spec):
+        """Decode (or take from the cache) every clip of the selection; keep them on the device."""
+        super().__init__(spec)
+        feats = self.features
+        rate = Manifest.load(self.root).sample_rate
+        keys, emotions, actors, waves, spans = [], [], [], [], []
+        for entry in self.entries:
+            wanted = set(entry.keys)
+            for key, emotion, audio, span in read_shard(str(self.root / entry.path), entry.sha256, rate,
+                                                        feats.sample_rate, feats.speech_top_db, feats.n_fft,
+                                                        feats.hop_length):
+                if key in wanted:  # an entry may hold a subset of its tar's keys (e.g. neutral left out)
+                    keys.append(key), emotions.append(emotion), actors.append(entry.actor)
+                    waves.append(audio), spans.append(span)
+        if len(keys) != self.total:
+            raise ValueError(f"{self.root}: the manifest lists {self.total} clips for this selection, the tars hold "
+                             f"{len(keys)} of them: run `python -m preprocess verify`")
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.keys = keys
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+        self.lengths = lengths.to(self.device)
+        self.offsets = (torch.cumsum(lengths, 0) - lengths).to(self.device)
+        self.audio = torch.from_numpy(np.concatenate(waves)).to(self.device)
+        self.emotions = torch.tensor(emotions, dtype=torch.int64)
+        self.actors = torch.tensor(actors, dtype=torch.int64)
+        self.spans = torch.tensor(spans, dtype=torch.int64).reshape(-1, 2).to(self.device)
+        self.frontend = Frontend(replace(feats, normalize=False) if spec.speaker_norm else feats).to(self.device)
+        self.wave_augment = WaveAugment(self.augment, feats.sample_rate).to(self.device) if self.augment else None
+        self.speaker_stats = self.actor_statistics() if spec.speaker_norm else None
+        self.eval_cache: list[RawBatch] | None = None
+
+    def windows(self, rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+        """Float windows [B, length] of clips ROWS from STARTS (zero outside each clip)."""
+        index = starts[:, None] + torch.arange(length, device=self.device)[None, :]
+        inside = (index >= 0) & (index < self.lengths[rows, None])
+        flat = self.offsets[rows, None] + index.clamp(min=0).minimum(self.lengths[rows, None] - 1)
+        return self.audio[flat].float().div_(PCM16_SCALE) * inside
+
+    def features_of(self, rows: torch.Tensor, waves: torch.Tensor) -> torch.Tensor:
+        """Features [B, 1, F, T] of waveforms [B, N] of clips ROWS (per-actor normalisation when asked)."""
+        x = self.frontend(waves)
+        if self.speaker_stats is not None:
+            mean, std = self.speaker_stats
+            actors = self.actors[rows.cpu()].to(self.device)
+            x = (x - mean[actors]) / std[actors]
+        return x
+
+    def actor_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-actor mean and std per feature bin [A, 1, F, 1] over the centre windows of the actor's clips."""
+        length, n = self.features.num_samples, len(self.keys)
+        rows = torch.arange(n, device=self.device)
+        starts = span_windows(self.lengths, self.spans, length, 1)[:, 0]
+        feats = torch.cat([self.frontend(self.windows(r, starts[r], length)) for r in rows.split(CHUNK)])
+        size = int(self.actors.max()) + 1
+        mean = torch.zeros(size, 1, feats.shape[2], 1, device=self.device)
+        std = torch.ones_like(mean)
+        for actor in self.actors.unique().tolist():
+            mine = feats[(self.actors == actor).to(self.device)]
+            mean[actor] = mine.mean(dim=(0, 3), keepdim=True)[0]
+            std[actor] = mine.std(dim=(0, 3), keepdim=True)[0].clamp_min(1e-5)
+        return mean, std
+
+    def rows_of(self, keys: list[str]) -> torch.Tensor:
+        """Row indices of KEYS."""
+        return torch.tensor([self.index[k] for k in keys], dtype=torch.int64)
+
+    def raw_batches(self):
+        """Training: endless full batches from this epoch's part; evaluation: the cached windows of the part, once."""
+        if self.train:
+            yield from self.train_batches()
+            return
+        if self.eval_cache is None:
+            self.eval_cache = list(self.eval_batches())
+        yield from self.eval_cache
+
+    def eval_batches(self):
+        """Batches of this rank's part in order: features [B, K, 1, F, T] of K windows over each clip's speech."""
+        keys = [k for _, ks in self.plan(0) for k in ks]
+        length, crops = self.features.num_samples, self.spec.eval_crops
+        for at in range(0, len(keys), self.batch_size):
+            part = keys[at:at + self.batch_size]
+            rows = self.rows_of(part).to(self.device)
+            starts = span_windows(self.lengths[rows], self.spans[rows], length, crops)  # [B, K]
+            waves = self.windows(rows.repeat_interleave(crops), starts.reshape(-1), length)
+            feats = self.features_of(rows.repeat_interleave(crops), waves)
+            if crops > 1:
+                feats = feats.reshape(len(part), crops, *feats.shape[1:])
+            yield RawBatch(feats, self.emotions[rows.cpu()], part)
+
+    def train_batches(self):
+        """Endless batches of this epoch's part: order, crops inside the speech span and speed factors from a seeded
+        generator; speed perturbation, noise, shift and features on the device."""
+        keys = [k for _, ks in self.plan(self.epoch) for k in ks]
+        generator = torch.Generator().manual_seed(sub_seed(self.seed, self.epoch, self.rank))
+        rows_all = self.rows_of(keys)
+        length, speeds = self.features.num_samples, self.augment.speed if self.augment else None
+        while True:
+            order = rows_all[torch.randperm(len(rows_all), generator=generator)]
+            for at in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                yield self.train_batch(order[at:at + self.batch_size], generator, length, speeds)
+            if len(order) % self.batch_size:  # wrap around: the tail plus the head of a fresh permutation
+                tail = order[len(order) - len(order) % self.batch_size:]
+                head = rows_all[torch.randperm(len(rows_all), generator=generator)][:self.batch_size - len(tail)]
+                yield self.train_batch(torch.cat([tail, head]), generator, length, speeds)
+
+    def train_batch(self, rows: torch.Tensor, generator: torch.Generator, length: int, speeds) -> RawBatch:
+        """One training batch of clips ROWS: random windows inside the speech span, speed, noise, shift, features."""
+        factors = torch.ones(len(rows))
+        if speeds:
+            factors = torch.tensor(speeds)[torch.randint(len(speeds), (len(rows),), generator=generator)]
+        draw = torch.rand(len(rows), generator=generator)
+        waves = torch.empty(len(rows), length, device=self.device)
+        dev_rows = rows.to(self.device)
+        for factor in factors.unique().tolist():
+            pick = (factors == factor).nonzero().flatten()
+            need = round(length * factor)
+            r = dev_rows[pick.to(self.device)]
+            starts = span_crop_starts(self.lengths[r], self.spans[r], need, draw[pick].to(self.device))
+            waves[pick.to(self.device)] = speed_perturb(self.windows(r, starts, need), factor, length)
+        if self.wave_augment is not None:
+            waves = self.wave_augment(waves)
+        return RawBatch(self.features_of(dev_rows, waves), self.emotions[rows], [self.keys[i] for i in rows.tolist()])
+

@@ -1,0 +1,83 @@
+"""The device backend on shards of the bundled sample: the torch path's features, evaluation windows over the speech,
+training crops inside it, per-speaker statistics, and one decode per process."""
+import pytest
+import torch
+
+from ravdess_dist.augment import AugmentConfig
+from ravdess_dist.data.device_path import read_shard
+from ravdess_dist.evaluate import window_average
+from ravdess_dist.features import FeatureConfig, span_crop_starts
+from ravdess_dist.models import create_model
+from tests.test_loaders import collect, loader, shards  # noqa: F401  (shards is a fixture)
+
+
+@pytest.mark.parametrize("intensity", ["normal", "strong"])
+def test_device_features_equal_the_torch_path(shards, intensity):  # noqa: F811
+    """Evaluation: the same clips, labels and features (centred 3 s windows) as the torch backend, to float tolerance."""
+    torch_path, device = (collect(loader(b, shards, intensity, 24)) for b in ("torch", "device"))
+    assert list(device) == list(torch_path)
+    for key, (features, label) in torch_path.items():
+        assert device[key][1] == label
+        torch.testing.assert_close(device[key][0], features, atol=1e-4, rtol=0)
+
+
+def test_eval_crops_are_windows_over_the_speech(shards):  # noqa: F811
+    """eval_crops=3 with a speech span: [B, 3, 1, F, T] features of three different windows per clip, whose averaged
+    probabilities are a distribution."""
+    feats = FeatureConfig(clip_seconds=1.5, speech_top_db=40.0)
+    ldr = loader("device", shards, "strong", 16, features=feats, eval_crops=3)
+    batch = next(iter(ldr))
+    assert batch.features.shape == (16, 3, 1, 64, feats.num_frames)
+    assert not torch.equal(batch.features[:, 0], batch.features[:, 2])
+    model = create_model("cnn", 7, 64, feats.num_frames).eval()
+    with torch.no_grad():
+        probs = window_average(model, batch.features).exp()
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(16))
+    spans = ldr.spans
+    assert (spans[:, 0] > 0).float().mean() > 0.9  # real clips start with silence: the span starts later
+    assert ((spans[:, 1] - spans[:, 0]) / ldr.lengths).mean() < 0.8  # and stops before the end
+
+
+def test_training_crops_lie_inside_the_speech_span():
+    """A window shorter than the span lies inside it; one longer than the span contains it; both inside the clip."""
+    lengths = torch.tensor([60000, 60000, 20000])
+    spans = torch.tensor([[15000, 45000], [25000, 33000], [2000, 18000]])
+    for draw in torch.linspace(0, 0.999, 7):
+        starts = span_crop_starts(lengths, spans, 16000, torch.full((3,), float(draw)))
+        assert 15000 <= starts[0] <= 45000 - 16000
+        assert starts[1] <= 25000 and starts[1] + 16000 >= 33000
+        assert 0 <= starts[2] <= 4000
+    low, high = (span_crop_starts(lengths, spans, 16000, torch.full((3,), d)) for d in (0.0, 1 - 1e-7))
+    assert low[0] == 15000 and high[0] == 45000 - 16000  # the draw spans every position
+
+
+def test_training_batches_with_speed_and_span_replay(shards):  # noqa: F811
+    """Training with speech spans and speed perturbation: full batches of the fixed shape; an epoch replays exactly."""
+    feats = FeatureConfig(clip_seconds=1.5, speech_top_db=40.0)
+    aug = AugmentConfig(speed=(0.9, 1.0, 1.1))
+    ldr = loader("device", shards, "normal", 32, train=True, augment=aug, features=feats)
+    passes = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        passes.append(list(ldr))
+    assert all(b.features.shape == (32, 1, 64, feats.num_frames) and b.valid.all() for b in passes[0])
+    assert all(torch.equal(a.features, b.features) for a, b in zip(*passes))
+
+
+def test_speaker_norm_standardises_each_actor(shards):  # noqa: F811
+    """speaker_norm: each actor's centre-window features have mean 0 and standard deviation 1 per mel band."""
+    ldr = loader("device", shards, "normal", 32, speaker_norm=True)
+    got = collect(ldr)
+    for actor in {int(k[-2:]) for k in got}:
+        feats = torch.stack([f for k, (f, _) in got.items() if int(k[-2:]) == actor])  # [N, 1, F, T]
+        torch.testing.assert_close(feats.mean(dim=(0, 3)), torch.zeros(1, 64), atol=1e-3, rtol=0)
+        torch.testing.assert_close(feats.std(dim=(0, 3)), torch.ones(1, 64), atol=1e-2, rtol=0)
+
+
+def test_the_corpus_is_decoded_once_per_process(shards):  # noqa: F811
+    """A second loader over the same shards (the next CV fold) takes the decoded clips from the cache."""
+    loader("device", shards, "strong", 16)
+    before = read_shard.cache_info()
+    loader("device", shards, "strong", 16)
+    after = read_shard.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 4
