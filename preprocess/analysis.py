@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.patches import Patch
 
 from preprocess.clip_stats import ANALYSIS_RATE, STATS, compute_clip_stats
+from shards.atomic import write_text
 from shards.audio import read_mono
 from shards.labels import EMOTIONS, INTENSITIES
 
@@ -235,7 +236,4 @@ def write_analysis(data: pd.DataFrame, out_dir: Path, jobs: int = os.cpu_count()
     plot_waveforms(examples, out_dir / "waveforms.png")
     plot_logmel(examples, out_dir / "logmel.png")
     report = out_dir / "report.md"
-    tmp = report.with_name(report.name + ".tmp")
-    tmp.write_text(report_text(data, examples))
-    os.replace(tmp, report)
-    return report
+    return write_text(report, report_text(data, examples))

@@ -1,17 +1,16 @@
 """Write the label tables (data.csv and its per-intensity subsets) and the rejection report, atomically."""
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from preprocess.scan import Scan
+from shards.atomic import atomic_path
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
     """Write a CSV under a temporary name, then rename, so a reader never sees half a table."""
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
     return path
 
 

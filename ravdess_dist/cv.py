@@ -9,14 +9,20 @@ import statistics
 import sys
 from pathlib import Path
 
-from ravdess_dist.config import load_config
+import numpy as np
+import yaml
+
+from ravdess_dist.config import load_config, to_dict
+from ravdess_dist.evaluate import plot_confusion
+from ravdess_dist.metrics import summarize as summarize_cm
 from ravdess_dist.trainer import training_function, write_json
 
 METRICS = ("wa", "ua", "macro_f1")
 
 
-def summarize(metrics: list[dict], out: Path) -> dict:
-    """summary.json and summary.md: one row per run, then mean ± std per model and intensity."""
+def summarize(metrics: list[dict], out: Path, config: dict | None = None) -> dict:
+    """summary.json and summary.md: one row per run, then mean ± std per model and intensity; the folds' summed
+    confusion matrix (confusion_matrix.png); CONFIG (the runs' settings) as config.yaml beside them."""
     rows = [{"run": m["run"], "model": m["model"], "intensity": m["intensity"], "test_actors": m["split"]["test"],
              "best_epoch": m["best_epoch"], **{k: m["test"][k] for k in METRICS}} for m in metrics]
     groups = {}
@@ -28,7 +34,14 @@ def summarize(metrics: list[dict], out: Path) -> dict:
              for (model, intensity), g in sorted(groups.items())]
     summary = {"runs": rows, "summary": means}
     out.mkdir(parents=True, exist_ok=True)
+    if len({tuple(m["classes"]) for m in metrics}) == 1:  # one class list: the folds' confusion matrices add up
+        cm = np.sum([m["confusion_matrix"] for m in metrics], axis=0)
+        summary["confusion_matrix"], summary["classes"] = cm.tolist(), metrics[0]["classes"]
+        title = f"{len(metrics)} folds, every test clip once: UA {summarize_cm(cm, metrics[0]['classes'])['ua']:.3f}"
+        plot_confusion(cm, metrics[0]["classes"], title).savefig(out / "confusion_matrix.png")
     write_json(out / "summary.json", summary)
+    if config is not None:
+        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     lines = ["| run | model | intensity | test actors | best epoch | WA | UA | macro-F1 |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['model']} | {r['intensity']} | {r['test_actors']} | {r['best_epoch']} | "
               f"{r['wa']:.3f} | {r['ua']:.3f} | {r['macro_f1']:.3f} |" for r in rows]
@@ -57,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("runs", type=Path, nargs="+", help="run folders or metrics.json files")
         ap.add_argument("--out", type=Path, required=True)
         args = ap.parse_args(argv[1:])
-        summarize(load_metrics(args.runs), args.out)
+        first = args.runs[0] if args.runs[0].is_dir() else args.runs[0].parent
+        config = yaml.safe_load((first / "config.yaml").read_text()) if (first / "config.yaml").is_file() else None
+        summarize(load_metrics(args.runs), args.out, config)
         return
     try:
         cfg = load_config(argv)
@@ -72,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         fold_cfg = load_config(argv)
         fold_cfg.folds, fold_cfg.fold, fold_cfg.run_name = cfg.folds, fold, f"{name}/fold{fold}"
         results.append(training_function(fold_cfg, last=fold == cfg.folds - 1))
-    summarize(results, Path(cfg.output_dir) / name)
+    summarize(results, Path(cfg.output_dir) / name, to_dict(fold_cfg))
 
 
 if __name__ == "__main__":

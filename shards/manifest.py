@@ -1,9 +1,9 @@
 """The shard manifest: which shards exist, what they hold, and how to select them by intensity and actors."""
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from shards.atomic import write_json
 from shards.labels import EMOTIONS, SELECTIONS, class_names, emotion_of_key
 
 FORMAT_VERSION = 1
@@ -59,11 +59,7 @@ class Manifest:
 
     def save(self, root: Path) -> Path:
         """Write ROOT/manifest.json atomically (temporary name, then rename)."""
-        path = Path(root) / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json(Path(root) / MANIFEST_NAME, asdict(self))
 
     @property
     def actors(self) -> list[int]:

@@ -1,12 +1,12 @@
 """Write one WebDataset tar shard (and its DALI index) atomically: temporary name, then rename."""
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 
+from shards.atomic import atomic_path
 from shards.audio import encode_wav
 from shards.labels import EMOTIONS
 
@@ -26,16 +26,15 @@ def make_sample(key: str, audio: np.ndarray, sample_rate: int, meta: dict) -> di
 def write_shard(path: Path, samples) -> tuple[int, str]:
     """Write SAMPLES to PATH (plus PATH.idx for DALI); return (bytes, sha256). Readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # a fixed integer mtime: the same samples give the same bytes (and sha256), and no PAX header per member
-    # (a float mtime adds one, which doubles the headers every reader parses)
-    with wds.TarWriter(str(tmp), mtime=0) as sink:
-        for sample in samples:
-            sink.write(sample)
-    write_index(tmp, path.with_suffix(".idx"))
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    size = tmp.stat().st_size
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        # a fixed integer mtime: the same samples give the same bytes (and sha256), and no PAX header per member
+        # (a float mtime adds one, which doubles the headers every reader parses)
+        with wds.TarWriter(str(tmp), mtime=0) as sink:
+            for sample in samples:
+                sink.write(sample)
+        write_index(tmp, path.with_suffix(".idx"))
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        size = tmp.stat().st_size
     return size, digest
 
 
@@ -46,7 +45,5 @@ def write_index(tar: Path, idx: Path) -> None:
     except ImportError:
         log.warning("%s: no DALI index written (install the `dali` extra: pip install -e '.[dali]')", idx)
         return
-    tmp = idx.with_name(idx.name + ".tmp")
-    with IndexCreator(str(tar), str(tmp), verbose=False) as creator:
+    with atomic_path(idx) as tmp, IndexCreator(str(tar), str(tmp), verbose=False) as creator:
         creator.create_index()
-    os.replace(tmp, idx)

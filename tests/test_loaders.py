@@ -254,3 +254,22 @@ def test_feature_benchmark_command(shards, tmp_path):
         assert results[backend]["clips_per_s"] == pytest.approx(112 / min(results[backend]["seconds_all"]), rel=0.01)
         assert backend in proc.stdout
     assert results["info"]["device"] == "cpu" and "notebook" not in results
+
+
+def test_shards_at_another_rate_give_the_configured_rate_features(shards, tmp_path):
+    """Shards packed at 48 kHz: the torch and device backends resample to features.sample_rate (16 kHz) and give the
+    features of the 16 kHz shards (up to the two resamplers' differences), and equal features to each other."""
+    assert preprocess(["--archive", str(SAMPLE), "--out", str(tmp_path), "--no-analysis", "--jobs", "2",
+                       "--sample-rate", "48000"]) == 0
+    high = tmp_path / "shards"
+    assert Manifest.load(high).sample_rate == 48000
+    raw = FeatureConfig(normalize=False)
+    reference = collect(loader("torch", shards, "strong", 28, features=raw))
+    for backend in ("torch", "device"):
+        got = collect(loader(backend, high, "strong", 28, features=raw))
+        assert list(got) == list(reference)
+        diff = torch.stack([(got[k][0] - reference[k][0]).abs().mean() for k in got])
+        assert diff.mean() < 0.5, backend  # dB; without resampling: 3x the samples per window, another spectrum
+    torch_high, device_high = (collect(loader(b, high, "strong", 28)) for b in ("torch", "device"))
+    for key, (features, _) in torch_high.items():
+        torch.testing.assert_close(device_high[key][0], features, atol=1e-4, rtol=0)

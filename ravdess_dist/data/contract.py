@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchaudio
 
 from ravdess_dist.augment import AugmentConfig, SpecAugment
 from ravdess_dist.features import FeatureConfig
 from shards.labels import EMOTIONS
 from shards.audio import decode_pcm16
-from shards.manifest import ShardEntry
+from shards.manifest import Manifest, ShardEntry
 
 SHUFFLE_BUFFER = 512  # samples mixed across shards in training (RAVDESS shards hold 28-32 clips)
 BACKENDS = ("torch", "dali", "device")
@@ -121,6 +122,15 @@ def decode(sample: dict) -> tuple[torch.Tensor, int, str]:
         raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: cannot decode ({err})") from err
 
 
+def resample_pcm16(wave: torch.Tensor, source_rate: int, sample_rate: int) -> torch.Tensor:
+    """int16 audio at SOURCE_RATE -> int16 at SAMPLE_RATE (torchaudio's sinc resampler; unchanged if equal): shards
+    packed at another rate (`--sample-rate 48000` or `native`) still give features at the configured rate."""
+    if source_rate == sample_rate:
+        return wave
+    out = torchaudio.functional.resample(wave.float(), source_rate, sample_rate)
+    return out.round().clamp(-32768, 32767).to(torch.int16)
+
+
 class ShardLoader:
     """Base of every backend: rank split, step count, labels, padding, SpecAugment; a backend yields RawBatches."""
 
@@ -144,6 +154,7 @@ class ShardLoader:
         if self.train and self.num_samples == 0:
             raise ValueError(f"{self.total} training samples cannot feed {self.world_size} ranks")
         self.epoch = 0
+        self.source_rate = Manifest.load(self.root).sample_rate  # the shards' rate; features.sample_rate may differ
         self.lookup = label_lookup(self.class_names)
         self.spec_augment = SpecAugment(self.augment).to(self.device) if self.augment else None
 

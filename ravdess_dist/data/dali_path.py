@@ -36,6 +36,12 @@ OUTPUTS = ["features", "emotions", "source"]
 AMIN_DB = -100.0  # 10 * log10(1e-10): torchaudio AmplitudeToDB's floor
 
 
+def shuffle_fill(num_samples: int) -> int:
+    """The training reader's shuffle buffer for a rank that reads NUM_SAMPLES clips: SHUFFLE_BUFFER, or the rank's whole
+    share when that is smaller (a buffer larger than the share only re-reads the share to fill itself), at least 1."""
+    return max(1, min(SHUFFLE_BUFFER, num_samples))
+
+
 def crop(audio, length: int, train: bool):
     """crop_or_pad in DALI: a random offset when training, centred otherwise; short clips zero-padded at the end."""
     slack = dmath.max(audio.shape(dtype=types.INT32) - length, 0)
@@ -82,13 +88,15 @@ def log_mel(audio, cfg: FeatureConfig):
 
 @pipeline_def
 def feature_pipeline(paths: list[str], index_paths: list[str] | None, rank: int, world_size: int, train: bool,
-                     features: FeatureConfig, augment: AugmentConfig | None, gpu: bool):
+                     features: FeatureConfig, augment: AugmentConfig | None, gpu: bool, initial_fill: int = SHUFFLE_BUFFER):
     """Shards -> (dB mel [n_mels, T] per clip, padded `.cls` text, padded source info "tar:offset:KEY.wav").
+
+    INITIAL_FILL: the reader's shuffle buffer when training (shuffle_fill of the rank's share).
 
     Reading, decoding and cropping run on the CPU; noise, shift and the spectrogram on the GPU when GPU is set.
     """
     wav, cls = fn.readers.webdataset(paths=paths, index_paths=index_paths, ext=["wav", "cls"], shard_id=rank,
-                                     num_shards=world_size, random_shuffle=train, initial_fill=SHUFFLE_BUFFER,
+                                     num_shards=world_size, random_shuffle=train, initial_fill=initial_fill,
                                      pad_last_batch=not train, stick_to_shard=True, name="Reader")
     source = fn.get_property(wav, key="source_info")
     audio, _ = fn.decoders.audio(wav, downmix=True, sample_rate=features.sample_rate, dtype=types.FLOAT)
@@ -134,8 +142,9 @@ class DaliLoader(ShardLoader):
         pipe = feature_pipeline([str(self.root / e.path) for e in order],
                                 [str(i) for i in index] if all(i.is_file() for i in index) else None,
                                 self.rank, self.world_size, self.train, self.features, self.augment, self.gpu,
-                                batch_size=self.batch_size, num_threads=max(1, self.num_workers),
-                                device_id=self.device_id, seed=sub_seed(self.seed, self.epoch, self.rank))
+                                shuffle_fill(self.num_samples), batch_size=self.batch_size,
+                                num_threads=max(1, self.num_workers), device_id=self.device_id,
+                                seed=sub_seed(self.seed, self.epoch, self.rank))
         pipe.build()
         return pipe
 

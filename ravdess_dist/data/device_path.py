@@ -22,14 +22,12 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torchaudio
 import webdataset as wds
 
 from ravdess_dist.augment import WaveAugment, speed_perturb
-from ravdess_dist.data.contract import RawBatch, ShardLoader, decode, sub_seed
+from ravdess_dist.data.contract import RawBatch, ShardLoader, decode, resample_pcm16, sub_seed
 from ravdess_dist.features import Frontend, span_crop_starts, span_windows, speech_span
 from shards.audio import PCM16_SCALE
-from shards.manifest import Manifest
 
 CHUNK = 64  # clips per feature call: bounds the intermediate tensors of evaluation passes
 
@@ -41,10 +39,7 @@ def read_shard(path: str, sha256: str, source_rate: int, sample_rate: int, top_d
     out = []
     for sample in wds.DataPipeline(wds.SimpleShardList([path]), wds.tarfile_to_samples(), wds.map(decode)):
         wave, emotion, key = sample
-        if source_rate != sample_rate:
-            resampled = torchaudio.functional.resample(wave.float(), source_rate, sample_rate)
-            wave = resampled.round().clamp(-32768, 32767).to(torch.int16)
-        audio = wave.numpy()
+        audio = resample_pcm16(wave, source_rate, sample_rate).numpy()
         out.append((key, emotion, audio, speech_span(audio.astype(np.float32) / PCM16_SCALE, top_db, n_fft, hop)))
     return out
 
@@ -56,11 +51,10 @@ class DeviceLoader(ShardLoader):
         """Decode (or take from the cache) every clip of the selection; keep them on the device."""
         super().__init__(spec)
         feats = self.features
-        rate = Manifest.load(self.root).sample_rate
         keys, emotions, actors, waves, spans = [], [], [], [], []
         for entry in self.entries:
             wanted = set(entry.keys)
-            for key, emotion, audio, span in read_shard(str(self.root / entry.path), entry.sha256, rate,
+            for key, emotion, audio, span in read_shard(str(self.root / entry.path), entry.sha256, self.source_rate,
                                                         feats.sample_rate, feats.speech_top_db, feats.n_fft,
                                                         feats.hop_length):
                 if key in wanted:  # an entry may hold a subset of its tar's keys (e.g. neutral left out)

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ravdess_dist.augment import AugmentConfig, WaveAugment
 from ravdess_dist.features import FeatureConfig, Frontend, crop_or_pad
-from ravdess_dist.data.contract import SHUFFLE_BUFFER, RawBatch, ShardLoader, decode, epoch_part, sub_seed
+from ravdess_dist.data.contract import (SHUFFLE_BUFFER, RawBatch, ShardLoader, decode, epoch_part, resample_pcm16,
+                                        sub_seed)
 from shards.audio import PCM16_SCALE
 
 CPU_CHUNK = 8  # clips per Frontend call on the CPU: the intermediates (~5 MB) stay in cache, ~1.7x faster than 64
@@ -67,8 +68,14 @@ class ShardStream(IterableDataset):
         self.root, self.entries, self.train = root, loader.entries, loader.train
         self.seed, self.rank, self.world_size = loader.seed, loader.rank, loader.world_size
         self.batch_size, self.length = loader.batch_size, loader.features.num_samples
+        self.rates = (loader.source_rate, loader.features.sample_rate)
         self.featurizer, self.crops = featurizer, torch.Generator()
         self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def resample(self, sample: tuple) -> tuple:
+        """(wave, emotion, key) with the wave at the features' sample rate (a no-op when the shards have it)."""
+        wave, emotion, key = sample
+        return resample_pcm16(wave, *self.rates), emotion, key
 
     def collate(self, samples: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Decoded samples -> (int16 clips [B, L] cropped at the worker generator's offsets, emotions [B], keys)."""
@@ -99,7 +106,7 @@ class ShardStream(IterableDataset):
         if self.train:  # endless passes, each drained before the next: every sample once per pass
             samples = samples.repeat()
         self.crops.manual_seed(seed)
-        stages = [samples, wds.map(decode), wds.batched(self.batch_size, collation_fn=self.collate, partial=not self.train)]
+        stages = [samples, wds.map(decode), wds.map(self.resample), wds.batched(self.batch_size, collation_fn=self.collate, partial=not self.train)]
         if self.featurizer is not None:
             torch.manual_seed(seed)  # WaveAugment draws from the worker's global generator
             stages.append(wds.map(self.featurize))
