@@ -36,7 +36,7 @@ HELP = {
     "run_name": "run folder name; null: MODEL-INTENSITY-SPLIT-TIME",
     "resume": "checkpoint file or run folder to continue from; auto: this run name's last.pt if there is one",
     "epochs": "training epochs",
-    "batch_size": "per process",
+    "batch_size": "global batch over all N processes, split evenly: BATCH_SIZE / N per process (N must divide it)",
     "lr": "peak learning rate",
     "weight_decay": "optimiser weight decay",
     "optimizer": "AdamW with warm-up then cosine decay, or SGD with momentum",
@@ -119,11 +119,13 @@ class TrainConfig:
         if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
             raise ValueError("lr must be > 0, label_smoothing in [0, 1), warmup_epochs >= 0")
         device_only = {"features.speech_top_db": self.features.speech_top_db is not None,
-                       "augment.speed": self.augment.speed is not None, "eval_crops > 1": self.eval_crops > 1,
+                       "eval_crops > 1": self.eval_crops > 1,
                        "speaker_norm": self.speaker_norm}
         for name, used in device_only.items():
             if used and self.backend != "device":
                 raise ValueError(f"{name} needs --backend device (the {self.backend} backend does not implement it)")
+        if self.augment.speed is not None and self.backend == "torch":
+            raise ValueError("augment.speed needs --backend device or dali (the torch backend does not implement it)")
         if self.backend == "dali" and self.train_intensities == "both" and self.intensity == "strong":
             raise ValueError("train_intensities=both for strong leaves neutral out of whole DALI shards: use --backend "
                              "device or torch")

@@ -273,3 +273,17 @@ def test_shards_at_another_rate_give_the_configured_rate_features(shards, tmp_pa
     torch_high, device_high = (collect(loader(b, high, "strong", 28)) for b in ("torch", "device"))
     for key, (features, _) in torch_high.items():
         torch.testing.assert_close(device_high[key][0], features, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["dali", "device"])
+def test_speed_perturbation_raises_the_pitch(shards, backend):
+    """augment.speed: clips played 1.25x faster have their energy in higher mel bands than clips played 0.8x."""
+    plain = dict(noise_snr_db=None, time_shift_s=0.0, freq_masks=0, time_masks=0)
+    centroid = {}
+    for factor in (0.8, 1.25):
+        ldr = loader(backend, shards, "strong", 32, train=True, augment=AugmentConfig(speed=(factor,), **plain),
+                     features=FeatureConfig(normalize=False))
+        power = 10 ** (next(iter(ldr)).features[:, 0] / 10)  # [B, F, T]
+        bands = torch.arange(power.shape[1], dtype=torch.float32)[None, :, None]
+        centroid[factor] = float((power * bands).sum() / power.sum())
+    assert centroid[1.25] > centroid[0.8] + 1, centroid

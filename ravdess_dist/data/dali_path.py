@@ -100,6 +100,8 @@ def feature_pipeline(paths: list[str], index_paths: list[str] | None, rank: int,
                                      pad_last_batch=not train, stick_to_shard=True, name="Reader")
     source = fn.get_property(wav, key="source_info")
     audio, _ = fn.decoders.audio(wav, downmix=True, sample_rate=features.sample_rate, dtype=types.FLOAT)
+    if augment is not None and augment.speed:  # speed perturbation: the whole clip played at a drawn factor
+        audio = fn.audio_resample(audio, scale=1.0 / fn.random.choice(list(augment.speed)))
     audio = crop(audio, features.num_samples, train)
     if gpu:
         audio = audio.gpu()
