@@ -1,10 +1,24 @@
-"""Benchmarks. `python -m ravdess_dist.bench features`: clips/s from storage to features on the device, for the original
-notebook's recipe (librosa per WAV file), the torch backend and the DALI backend, in one run on the same clips."""
+"""Benchmarks.
+
+`python -m ravdess_dist.bench features`: clips/s from storage to features on the device, for the original notebook's
+recipe (librosa per WAV file), the torch backend and the DALI backend, in one run on the same clips.
+
+`python -m ravdess_dist.bench train`: training throughput per backend x model through the trainer's own code (a real
+`Run` and its `train_epoch`): one warm-up epoch, then N timed ones; clips/s, epoch wall time, the share of step time
+spent waiting for data, and peak memory (GPU: torch.cuda.max_memory_allocated; CPU: peak RSS of this process and of the
+loader's worker processes), over the timed epochs only.
+"""
 import argparse
+import contextlib
+import functools
 import gc
 import json
+import math
 import os
 import platform
+import resource
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,6 +100,26 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
+def feature_throughput(backend: str, shards: Path, entries, classes: list[str], device: torch.device, batch_size: int,
+                       num_workers: int, repeats: int, train: bool = False) -> dict:
+    """timed() passes of one backend's loader over ENTRIES (training mode: with augmentation); {"error": reason} when
+    the backend cannot be built here (DALI missing). On the CPU it sets torch's thread count for the backend."""
+    if device.type == "cpu":  # the device backend computes in the main process: it gets the cores
+        torch.set_num_threads(os.cpu_count() if backend == "device" else 1)
+    try:
+        loader = make_loader(backend, root=shards, entries=entries, class_names=classes, batch_size=batch_size,
+                             train=train, features=FeatureConfig(), augment=AugmentConfig() if train else None,
+                             device=device, num_workers=num_workers)
+    except ImportError as err:
+        return {"error": str(err)}
+    one_pass = functools.partial(loader_pass, loader)
+    try:
+        return timed(one_pass, repeats)
+    finally:
+        del loader, one_pass  # its persistent workers, prefetching for a next pass, must not compete with the next method
+        gc.collect()
+
+
 def features(args: argparse.Namespace) -> dict:
     """Time every method over all clips of the selection; print a table; return the results."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -100,20 +134,9 @@ def features(args: argparse.Namespace) -> dict:
         results["notebook"] = timed(lambda: notebook_pass(paths, device), args.repeats)
     modes = [(False, "")] + ([(True, " (train)")] if args.train else [])
     for backend in BACKENDS:
-        if device.type == "cpu":  # the device backend computes in the main process: it gets the cores
-            torch.set_num_threads(os.cpu_count() if backend == "device" else 1)
         for train, suffix in modes:
-            try:
-                loader = make_loader(backend, root=args.shards, entries=entries, class_names=classes,
-                                     batch_size=args.batch_size, train=train, features=FeatureConfig(),
-                                     augment=AugmentConfig() if train else None, device=device,
-                                     num_workers=args.num_workers)
-            except ImportError as err:
-                results[backend + suffix] = {"error": str(err)}
-                continue
-            results[backend + suffix] = timed(lambda: loader_pass(loader), args.repeats)
-            del loader  # its persistent workers, prefetching for a next pass, must not compete with the next method
-            gc.collect()
+            results[backend + suffix] = feature_throughput(backend, args.shards, entries, classes, device,
+                                                           args.batch_size, args.num_workers, args.repeats, train)
     base = results.get("notebook", {}).get("clips_per_s")
     print(f"{'method':16s} {'clips':>6s} {'seconds':>8s} {'clips/s':>8s}" + ("  vs notebook" if base else ""))
     for name, r in results.items():
@@ -130,6 +153,188 @@ def features(args: argparse.Namespace) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
     return results
+
+
+# Settings only the device backend implements (TrainConfig.validate refuses them elsewhere): switched off for every
+# backend, so that the rows compare the same work (`--recipe` keeps them for the device backend).
+PORTABLE = ("features.speech_top_db=null", "augment.speed=null", "eval_crops=1", "speaker_norm=false")
+
+
+class Skipped(Exception):
+    """A combination that cannot run here (DALI missing, settings a backend does not implement): a row, not a crash."""
+
+
+def train_config(shards: Path, model: str, backend: str, intensity: str, epochs: int, workdir: Path,
+                 batch_size: int | None = None, device: str | None = None, overrides=(), recipe: bool = False):
+    """The TrainConfig a bench (or doctor) run uses: configs/MODEL.yaml through load_config, device-only settings off
+    (unless RECIPE and the device backend), outputs inside WORKDIR, then OVERRIDES (KEY=VALUE) last, so they win.
+
+    An invalid combination raises Skipped with load_config's one-line reason."""
+    from ravdess_dist.config import load_config
+
+    argv = ["--model", model, *([] if recipe and backend == "device" else PORTABLE), "--backend", backend,
+            "--intensity", intensity, "--shards", str(shards), "--epochs", str(epochs),
+            "--output-dir", str(workdir / "models"), "--logging-dir", str(workdir / "runs"),
+            "--run-name", f"bench-{model}-{backend}-{intensity}"]
+    if batch_size:
+        argv += ["--batch-size", str(batch_size)]
+    if device:
+        argv += ["--device", device]
+    try:
+        return load_config(argv + list(overrides))
+    except ValueError as err:
+        raise Skipped(str(err)) from None
+
+
+def _workers_uss_mb() -> float | None:
+    """Memory unique to this process's descendants (DataLoader workers) now, in MiB; None if psutil cannot tell.
+
+    USS, not RSS: forked workers share the parent's pages, which their RSS (and peak RSS) would count again."""
+    try:
+        import psutil
+
+        return sum(c.memory_full_info().uss for c in psutil.Process().children(recursive=True)) / 2**20
+    except Exception:  # noqa: BLE001 - memory figures are best effort
+        return None
+
+
+class PeakMemory:
+    """Peak memory over a stretch of a run. GPU: torch.cuda.max_memory_allocated. CPU: peak RSS of this process
+    (resource.getrusage; its counter reset at the start through /proc/self/clear_refs where Linux allows, else the
+    peak since the process started), plus the memory unique to the loader's worker processes at the end."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS that getrusage reports
+                self.reset = True
+            except OSError:
+                self.reset = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.result = {"peak_mb": round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1),
+                           "memory": "cuda max_memory_allocated"}
+        else:
+            workers = _workers_uss_mb()
+            self.result = {"peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # KiB
+                           "workers_mb": None if workers is None else round(workers, 1),
+                           "memory": "peak RSS" + ("" if self.reset else " since process start")
+                                     + (" + workers' USS" if workers else "")}
+
+
+def train_epoch_timed(run) -> dict:
+    """One training epoch of RUN through its own train_epoch, then on to the next epoch as fit() does; wall time, clips
+    (all processes'), loss and data-wait share."""
+    start = time.perf_counter()
+    stats = run.train_epoch()
+    if run.accelerator.device.type == "cuda":
+        torch.cuda.synchronize(run.accelerator.device)
+    seconds = time.perf_counter() - start
+    run.epoch, run.step_in_epoch, run.epoch_loss_sum = run.epoch + 1, 0, 0.0
+    # every process's clips, as the trainer counts them (older trainers did not return the count)
+    clips = stats.get("clips", len(run.train_loader) * run.cfg.batch_size * run.accelerator.num_processes)
+    return {"seconds": seconds, "clips": clips, "loss": stats["loss"], "data_wait": stats["data_wait"]}
+
+
+def release(run) -> None:
+    """Drop a run's trackers, model, optimiser and loaders (worker processes, DALI pipelines) before the next one."""
+    for tracker in run.accelerator.trackers:
+        tracker.finish()
+    run.accelerator.free_memory()
+    for name in ("train_loader", "val_loader", "test_loader", "model", "optimizer"):
+        setattr(run, name, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def measure_training(cfg, epochs: int, warmup: int = 1) -> dict:
+    """Build the trainer's Run for CFG, train WARMUP epochs, then EPOCHS timed ones; the steady-state figures.
+
+    Raises Skipped when the backend cannot be built here (DALI missing)."""
+    from ravdess_dist.trainer import Run
+
+    try:
+        run = Run(cfg)
+    except ImportError as err:
+        raise Skipped(str(err)) from None
+    try:
+        for _ in range(warmup):
+            train_epoch_timed(run)
+        with PeakMemory(run.accelerator.device) as memory:
+            timed = [train_epoch_timed(run) for _ in range(epochs)]
+        seconds, clips = sum(t["seconds"] for t in timed), sum(t["clips"] for t in timed)
+        return {"status": "ok", "clips_per_s": round(clips / seconds, 1), "epoch_s": round(seconds / epochs, 3),
+                "data_wait": round(sum(t["data_wait"] * t["seconds"] for t in timed) / seconds, 4),
+                "loss": timed[-1]["loss"], "clips_per_epoch": timed[-1]["clips"],
+                "steps_per_epoch": len(run.train_loader), "epochs_s": [round(t["seconds"], 3) for t in timed],
+                "precision": run.accelerator.mixed_precision, "device": str(run.accelerator.device),
+                **memory.result}
+    finally:
+        release(run)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Time training for every backend x model; print a table; return (and optionally write) the results."""
+    from ravdess_dist.device import DeviceUnusable, resolve_device
+
+    try:
+        device = torch.device(resolve_device(args.device or "auto"))
+    except DeviceUnusable as err:
+        raise SystemExit(f"error: {err}")
+    if not (args.shards / "manifest.json").is_file():
+        raise SystemExit(f"error: no shards at {args.shards} (no manifest.json): run python -m preprocess first")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for backend in args.backends:
+            for model in args.models:
+                row = {"backend": backend, "model": model}
+                try:
+                    cfg = train_config(args.shards, model, backend, args.intensity, args.epochs + 1, Path(tmp),
+                                       args.batch_size, args.device, args.config, args.recipe)
+                    row["batch_size"] = cfg.batch_size
+                    with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout keeps the table
+                        row.update(measure_training(cfg, args.epochs))
+                    if not math.isfinite(row["loss"]):
+                        row.update(status="failed", reason=f"loss is {row['loss']}")
+                except Skipped as err:
+                    row.update(status="skipped", reason=str(err))
+                except Exception as err:  # noqa: BLE001 - one broken combination must not hide the others
+                    row.update(status="failed", reason=f"{type(err).__name__}: {err}")
+                rows.append(row)
+                print(format_train_row(row), flush=True)
+    info = device_info(device) | {"shards": str(args.shards), "intensity": args.intensity, "epochs": args.epochs,
+                                  "warmup_passes": 1, "batch_size": args.batch_size, "overrides": list(args.config),
+                                  "recipe": args.recipe}
+    print(json.dumps(info))
+    results = {"rows": rows, "info": info}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    return results
+
+
+TRAIN_HEADER = f"{'backend':8s} {'model':8s} {'clips/s':>8s} {'epoch s':>8s} {'data wait':>9s} {'peak MB':>9s}  precision"
+
+
+def format_train_row(row: dict) -> str:
+    """One line of the training table (the header is TRAIN_HEADER)."""
+    if row["status"] != "ok":
+        return f"{row['backend']:8s} {row['model']:8s} {row['status']}: {row.get('reason', '')}"
+    peak = f"{row['peak_mb']:.0f}" + (f"+{row['workers_mb']:.0f}" if row.get("workers_mb") else "")
+    return (f"{row['backend']:8s} {row['model']:8s} {row['clips_per_s']:8.1f} {row['epoch_s']:8.2f} "
+            f"{100 * row['data_wait']:8.1f}% {peak:>9s}  {row['precision']}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -150,12 +355,39 @@ def parser() -> argparse.ArgumentParser:
     feat.add_argument("--train", action="store_true", help="also time the backends in training mode (augmentation)")
     feat.add_argument("--device", help="default: cuda if available, else cpu")
     feat.add_argument("--json", type=Path, help="write the results here")
+    from ravdess_dist.models import list_models
+
+    tr = sub.add_parser("train", help="training clips/s per backend x model through the trainer (Run.train_epoch)",
+                        description="Training throughput per backend x model: the trainer's own Run on the shards, one "
+                                    "warm-up epoch, then --epochs timed epochs. Settings only the device backend "
+                                    "implements are switched off for all backends (--recipe keeps them for it).")
+    tr.add_argument("--shards", type=Path, default=Path("working_directory/shards"), help="shard root (with manifest.json)")
+    tr.add_argument("--intensity", choices=SELECTIONS, default="normal")
+    tr.add_argument("--models", nargs="+", choices=list_models(), default=list_models())
+    tr.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    tr.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up epoch")
+    tr.add_argument("--batch-size", type=int, help="per process (default: the model's config)")
+    tr.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides passed to load_config after the bench's own, e.g. num_workers=1 features.n_mels=128")
+    tr.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: auto (the GPU when torch can use one)")
+    tr.add_argument("--threads", type=int, help="torch intra-op threads of the training process (default: torch's, "
+                    "as train.py runs)")
+    tr.add_argument("--recipe", action="store_true",
+                    help="keep the device-only settings of the model's config (speech spans, speed perturbation) "
+                         "for the device backend")
+    tr.add_argument("--json", type=Path, help="write the results here")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the chosen benchmark."""
+    """Run the chosen benchmark; `train` exits 1 when a combination failed (a skipped one is not a failure)."""
     args = parser().parse_args(argv)
+    if args.command == "train":
+        if args.epochs < 1:
+            raise SystemExit("error: --epochs must be at least 1")
+        print(TRAIN_HEADER, flush=True)
+        results = train(args)
+        return int(any(row["status"] == "failed" for row in results["rows"]))
     features(args)
     return 0
 

@@ -240,22 +240,6 @@ def test_missing_dali_names_the_fix(shards, monkeypatch):
         loader("dali", shards, "normal", 8)
 
 
-def test_feature_benchmark_command(shards, tmp_path):
-    """`python -m ravdess_dist.bench features` times both backends over every clip and writes its JSON."""
-    out = tmp_path / "bench.json"
-    args = ["features", "--shards", shards, "--intensity", "strong", "--batch-size", 32, "--no-notebook", "--repeats", 2,
-            "--json", out]
-    proc = subprocess.run([sys.executable, "-m", "ravdess_dist.bench", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(out.read_text())
-    for backend in BACKENDS:
-        assert results[backend]["clips"] == 112 and len(results[backend]["seconds_all"]) == 2
-        assert results[backend]["clips_per_s"] == pytest.approx(112 / min(results[backend]["seconds_all"]), rel=0.01)
-        assert backend in proc.stdout
-    assert results["info"]["device"] == "cpu" and "notebook" not in results
-
-
 def test_shards_at_another_rate_give_the_configured_rate_features(shards, tmp_path):
     """Shards packed at 48 kHz: the torch and device backends resample to features.sample_rate (16 kHz) and give the
     features of the 16 kHz shards (up to the two resamplers' differences), and equal features to each other."""

@@ -1,0 +1,95 @@
+"""`python -m ravdess_dist.bench`: the feature benchmark and the training benchmark (per backend x model, through the
+trainer's Run) on shards of the bundled sample; a backend that cannot run is a skipped row, not a crash."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ravdess_dist.bench import PORTABLE, train_config
+from ravdess_dist.data.contract import BACKENDS
+from shards.manifest import Manifest
+from tests.test_loaders import shards  # noqa: F401  (shards is a fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["features.clip_seconds=1.0", "batch_size=16", "train_intensities=same"]
+
+
+def bench(*args, prelude: str = "") -> subprocess.CompletedProcess:
+    """`python -m ravdess_dist.bench ARGS` from the repository root (PRELUDE: Python run first, in the same process)."""
+    code = f"{prelude}\nimport sys\nfrom ravdess_dist.bench import main\nsys.exit(main({list(map(str, args))!r}))"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_feature_benchmark_command(shards, tmp_path):  # noqa: F811
+    """`python -m ravdess_dist.bench features` times both backends over every clip and writes its JSON."""
+    out = tmp_path / "bench.json"
+    args = ["features", "--shards", shards, "--intensity", "strong", "--batch-size", 32, "--no-notebook", "--repeats", 2,
+            "--json", out]
+    proc = subprocess.run([sys.executable, "-m", "ravdess_dist.bench", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    for backend in BACKENDS:
+        assert results[backend]["clips"] == 112 and len(results[backend]["seconds_all"]) == 2
+        assert results[backend]["clips_per_s"] == pytest.approx(112 / min(results[backend]["seconds_all"]), rel=0.01)
+        assert backend in proc.stdout
+    assert results["info"]["device"] == "cpu" and "notebook" not in results
+
+
+def test_train_benchmark_command(shards, tmp_path):  # noqa: F811
+    """`bench train`: every backend trains the model through Run.train_epoch (a warm-up epoch, then the timed one);
+    clips/s, epoch time, data-wait share and peak memory per row, a table on stdout and the JSON."""
+    out = tmp_path / "train.json"
+    proc = bench("train", "--shards", shards, "--intensity", "strong", "--models", "cnn", "--epochs", 1, "--threads", 1,
+                 "--config", *TINY, "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    train_clips = 56  # strong: 28 clips per actor, 2 training actors (4 actors: 1 test, 1 validation)
+    assert [(r["backend"], r["model"]) for r in results["rows"]] == [(b, "cnn") for b in BACKENDS]
+    for row in results["rows"]:
+        assert row["status"] == "ok", row
+        assert row["steps_per_epoch"] == math.ceil(train_clips / 16) and row["clips_per_epoch"] == 64
+        assert row["clips_per_s"] == pytest.approx(64 / row["epoch_s"], rel=0.01) and len(row["epochs_s"]) == 1
+        assert 0 <= row["data_wait"] <= 1 and math.isfinite(row["loss"])
+        assert row["peak_mb"] > 100 and row["precision"] == "no" and row["device"] == "cpu"
+        assert row["memory"].startswith("peak RSS") and "since process start" not in row["memory"]
+        assert f"{row['backend']:8s} cnn" in proc.stdout
+    assert results["rows"][0]["workers_mb"] > 0  # the torch backend's DataLoader workers
+    info = results["info"]
+    assert info["epochs"] == 1 and info["overrides"] == TINY and info["torch_threads"] == 1
+    assert "run bench-" not in proc.stdout  # the trainer's own messages go to stderr: stdout is the table
+
+
+def test_a_backend_that_cannot_run_is_a_skipped_row(shards, tmp_path):  # noqa: F811
+    """Without DALI, or with settings a backend refuses, the row says skipped and why; the command still exits 0."""
+    no_dali = "import sys; sys.modules['nvidia.dali'] = None"  # what Python does for a package that is absent
+    out = tmp_path / "skip.json"
+    proc = bench("train", "--shards", shards, "--backends", "dali", "--models", "cnn", "--epochs", 1, "--config", *TINY,
+                 "--json", out, prelude=no_dali)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["status"] == "skipped" and "pip install -e '.[dali]'" in row["reason"]
+    assert "dali     cnn      skipped: " in proc.stdout
+    # the model's YAML trains on both intensities, which DALI refuses for strong: a config error, before any Run
+    proc = bench("train", "--shards", shards, "--backends", "dali", "--models", "cnn", "--intensity", "strong",
+                 "--epochs", 1, "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["status"] == "skipped" and "train_intensities=both for strong" in row["reason"]
+
+
+def test_train_config_compares_the_same_work(shards, tmp_path):  # noqa: F811
+    """The bench's config is the model's YAML with the device-only settings off for every backend (--recipe keeps them
+    for the device backend), outputs in the work folder, and the user's overrides last."""
+    for backend in BACKENDS:
+        cfg = train_config(shards, "resnet", backend, "normal", 3, tmp_path, batch_size=8, overrides=["lr=0.01"])
+        assert (cfg.model, cfg.backend, cfg.epochs, cfg.batch_size, cfg.lr) == ("resnet", backend, 3, 8, 0.01)
+        assert cfg.features.speech_top_db is None and cfg.augment.speed is None and cfg.eval_crops == 1
+        assert cfg.features.hop_length == 320  # the rest of configs/resnet.yaml stays
+        assert Path(cfg.output_dir).parent == tmp_path and Path(cfg.shards) == shards
+    recipe = train_config(shards, "resnet", "device", "normal", 3, tmp_path, recipe=True)
+    assert recipe.features.speech_top_db == 40.0 and tuple(recipe.augment.speed) == (0.9, 1.0, 1.1) and recipe.eval_crops == 3
+    assert len(PORTABLE) == 4 and Manifest.load(shards).actors == [1, 2, 3, 4]
