@@ -8,10 +8,13 @@ import torch
 
 
 def rng_state() -> dict:
-    """Python, NumPy and torch (CPU and CUDA) random states, as tensors and plain values."""
+    """Python, NumPy and torch random states, as tensors and plain values: the CPU generator, and the CUDA generator of
+    this process's own device only (a process trains on one GPU; saving every visible GPU's state would tie a resume
+    to the same number of GPUs per process)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    cuda = torch.cuda.get_rng_state(torch.cuda.current_device()) if torch.cuda.is_available() else None
     return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_rng_state(state: dict) -> None:
@@ -20,8 +23,15 @@ def set_rng_state(state: dict) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or (isinstance(cuda, (list, tuple)) and not cuda) or not torch.cuda.is_available():
+        return  # saved without CUDA, or restored without it: the CPU states above are all there is
+    device = torch.cuda.current_device()
+    if isinstance(cuda, (list, tuple)):  # an older checkpoint with every visible GPU's state: take this device's
+        if device >= len(cuda):
+            return
+        cuda = cuda[device]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:

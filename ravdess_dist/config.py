@@ -74,7 +74,7 @@ def choices() -> dict[str, tuple]:
 class TrainConfig:
     """Everything a training run depends on; `python train.py --help` documents the flags."""
 
-    model: str = "hybrid"
+    model: str = "resnet"
     intensity: str = "normal"
     backend: str = "torch"
     shards: str = "working_directory/shards"

@@ -1,4 +1,5 @@
-"""Evaluation on held-out actors: every clip counted exactly once across ranks, metrics, confusion-matrix plot."""
+"""Evaluation on held-out actors: every clip of the selection counted exactly once across ranks (checked against the
+loader's total), metrics, confusion-matrix plot."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,7 +12,10 @@ from ravdess_dist.metrics import confusion_matrix, summarize  # noqa: E402
 
 @torch.no_grad()
 def evaluate(model, loader, accelerator, class_names: list[str]) -> tuple[dict, np.ndarray, list[dict]]:
-    """Metrics, confusion matrix and per-clip predictions of MODEL over LOADER, gathered from every rank."""
+    """Metrics, confusion matrix and per-clip predictions of MODEL over LOADER, gathered from every rank.
+
+    LOADER is a ShardLoader (or anything iterable with its `total`, the clips of the whole selection across ranks):
+    a clip gathered twice or a clip missing is a RuntimeError naming the counts."""
     model.eval()
     logits, labels, keys = [], [], []
     for batch in loader:
@@ -24,9 +28,11 @@ def evaluate(model, loader, accelerator, class_names: list[str]) -> tuple[dict, 
         logits.append(out[valid].cpu())
         labels.append(lab[valid].cpu())
         keys += [k for k, v in zip(gather_keys(accelerator, padded_keys), valid.tolist()) if v]
-    logits, labels = torch.cat(logits), torch.cat(labels)
     if len(set(keys)) != len(keys):
         raise RuntimeError(f"evaluation counted {len(keys) - len(set(keys))} clip(s) twice: the loader's rank split is wrong")
+    if len(keys) != loader.total:  # every clip of the selection, not only none twice: a lost batch or rank is an error
+        raise RuntimeError(f"evaluation counted {len(keys)} of {loader.total} clips: the loader lost some")
+    logits, labels = torch.cat(logits), torch.cat(labels)
     probs = logits.softmax(dim=1)
     preds = probs.argmax(dim=1)
     cm = confusion_matrix(labels.numpy(), preds.numpy(), len(class_names))

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import pickle
 import signal
 import socket
 import time
@@ -14,7 +15,7 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm import tqdm
 
 from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ravdess_dist.config import TrainConfig, to_dict
+from ravdess_dist.config import TrainConfig, from_dict, to_dict
 from ravdess_dist.device import provenance, resolve_device
 from ravdess_dist.evaluate import evaluate, plot_confusion
 from ravdess_dist.data.contract import LoaderSpec
@@ -29,6 +30,8 @@ class Preempted(SystemExit):
 
 
 STOP = {"signal": 0}
+STOP_CHECK_EVERY = 8  # steps between looks at the preemption flag (a collective and a host sync); the last step always looks
+RESUME_KEYS = ("model", "intensity", "train_intensities", "seed", "model_args", "features")  # and the split's actors
 
 
 def _on_signal(signum, _frame):
@@ -55,19 +58,94 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.model}-{cfg.intensity}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resume_state(cfg: TrainConfig) -> dict | None:
-    """The checkpoint to continue from: --resume PATH, or `auto` = this run's last.pt if it exists."""
+def per_process_batch(batch_size: int, num_processes: int) -> int:
+    """--batch-size is the global batch, split evenly across the processes: each process's share, or a ValueError
+    when it does not divide (so any number of processes takes the same steps per epoch, the same LR schedule)."""
+    if batch_size % num_processes:
+        lower, upper = batch_size - batch_size % num_processes, batch_size + num_processes - batch_size % num_processes
+        hint = f"{lower} or {upper}" if lower else str(upper)
+        raise ValueError(f"--batch-size {batch_size} is the global batch and must divide by the {num_processes} "
+                         f"processes (try {hint})")
+    return batch_size // num_processes
+
+
+def from_main(accelerator, read):
+    """READ() on the main process alone, its result broadcast to every rank: ranks never decide from their own view of
+    the file system. An error on the main process is raised on every rank (no rank waits forever for the others)."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = read()
+        except Exception as err:  # raised below, on every rank
+            error = err
+    if accelerator.num_processes > 1:
+        if error is not None:
+            try:
+                pickle.dumps(error)
+            except Exception:  # an exception that does not pickle still reaches the other ranks, as its text
+                error = RuntimeError(f"{type(error).__name__}: {error}")
+        result, error = broadcast_object_list([result, error])
+    if error is not None:
+        raise error
+    return result
+
+
+def describe_split(split) -> str:
+    """A split in one line: test [..], val [..], train [..]."""
+    return f"test {list(split.test)}, val {list(split.val)}, train {list(split.train)}"
+
+
+def check_resumable(path, saved: dict, cfg: TrainConfig, actors) -> None:
+    """Refuse to continue a checkpoint of another set-up: a ValueError naming the first setting that differs (the
+    RESUME_KEYS, or the split's actors as make_split computes them for both configs over these shards' actors)."""
+    try:  # the saved config with every default filled in, as this version reads it
+        saved = to_dict(from_dict(saved, str(path)))
+    except ValueError:  # an older config with keys this version no longer knows: compare what is there
+        pass
+    asked, defaults = to_dict(cfg), to_dict(TrainConfig())
+    for key in RESUME_KEYS:
+        if saved.get(key, defaults[key]) != asked[key]:
+            raise ValueError(f"{path}: checkpoint has {key}={saved.get(key, defaults[key])!r}, this run asks {asked[key]!r}")
+    splits = []
+    for c in (saved, asked):
+        splits.append(make_split(actors, c.get("folds"), c.get("fold") or 0, c.get("test_actors"), c.get("val_actors")))
+    if splits[0] != splits[1]:
+        raise ValueError(f"{path}: checkpoint has split=({describe_split(splits[0])}), this run asks "
+                         f"split=({describe_split(splits[1])})")
+
+
+def resume_state(cfg: TrainConfig, accelerator, actors) -> dict | None:
+    """The checkpoint to continue from: --resume PATH, or `auto` = this run's last.pt if it exists.
+
+    The main process alone decides whether there is one and reads it; every rank receives the same state by
+    broadcast. A checkpoint of another split, seed, intensity, model or features is refused (check_resumable)."""
     if not cfg.resume:
         return None
-    path = Path(cfg.output_dir) / str(cfg.run_name) / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)
-    if cfg.resume == "auto" and not path.is_file():
+
+    def read():
+        """(path, state) of the checkpoint, or None for `auto` without one (main process only)."""
+        path = Path(cfg.output_dir) / str(cfg.run_name) / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)
+        if cfg.resume == "auto" and not path.is_file():
+            return None
+        return path, load_checkpoint(path)
+
+    found = from_main(accelerator, read)
+    if found is None:
         return None
-    state = load_checkpoint(path)
-    saved = state["config"]
-    for key in ("model", "intensity", "model_args", "features"):
-        if saved[key] != to_dict(cfg)[key]:
-            raise ValueError(f"{path}: checkpoint has {key}={saved[key]!r}, this run asks {to_dict(cfg)[key]!r}")
+    path, state = found
+    check_resumable(path, state["config"], cfg, actors)
     return state
+
+
+def stop_check_due(step: int, steps: int) -> bool:
+    """Whether step STEP (0-based) of an epoch of STEPS looks at the preemption flag: after every STOP_CHECK_EVERY-th
+    step and after the last one (the same steps on every rank, so the collective lines up)."""
+    return (step + 1) % STOP_CHECK_EVERY == 0 or step + 1 == steps
+
+
+def weights_checksum(state_dict: dict) -> float:
+    """The float64 sum of every floating-point tensor of a state dict: the same weights give the same number."""
+    return float(sum(t.detach().double().sum() for t in state_dict.values() if t.is_floating_point()))
 
 
 def training_entries(manifest: Manifest, cfg: TrainConfig, actors, classes: list[str]):
@@ -111,12 +189,13 @@ class Run:
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolve_precision(cfg, device),
                                        log_with="tensorboard", project_dir=cfg.logging_dir)
         acc = self.accelerator
-        self.state = resume_state(cfg)
+        self.batch_size = per_process_batch(cfg.batch_size, acc.num_processes)  # cfg.batch_size is the global batch
+        manifest = Manifest.load(Path(cfg.shards))
+        self.state = resume_state(cfg, acc, manifest.actors)
         name = [cfg.run_name or (self.state["config"]["run_name"] if self.state else default_run_name(cfg))]
         broadcast_object_list(name)  # every rank must agree on one name (timestamps differ)
         cfg.run_name, self.cfg = name[0], cfg
         self.run_dir = Path(cfg.output_dir) / cfg.run_name
-        manifest = Manifest.load(Path(cfg.shards))
         self.split = make_split(manifest.actors, cfg.folds, cfg.fold, cfg.test_actors, cfg.val_actors)
         self.classes = manifest.class_names(cfg.intensity)
         set_seed(cfg.seed)
@@ -124,7 +203,7 @@ class Run:
         def loader(entries, train):
             """A loader over these shards for this rank."""
             return make_loader(cfg.backend, LoaderSpec(
-                Path(cfg.shards), entries, self.classes, cfg.batch_size, train, cfg.features,
+                Path(cfg.shards), entries, self.classes, self.batch_size, train, cfg.features,
                 cfg.augment if train else None, acc.device, acc.process_index, acc.num_processes, cfg.seed,
                 cfg.num_workers, cfg.eval_crops, cfg.speaker_norm))
 
@@ -141,6 +220,7 @@ class Run:
         self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
         self.epoch_loss_sum = 0.0  # summed step losses of the epoch so far: a resumed epoch reports all its steps
         self.weight_checksums: list[float] = []
+        self.test_weight_checksums: list[float] = []
         if self.state:
             self.restore(self.state)
         acc.init_trackers(cfg.run_name)
@@ -156,7 +236,8 @@ class Run:
             write_json(self.run_dir / "ranks.json", ranks)  # who ran where and read what: provenance
         acc.print(f"run {cfg.run_name}: {cfg.model} on {cfg.intensity} ({len(self.classes)} classes), {acc.num_processes} "
                   f"process(es) on {acc.device}, precision {acc.mixed_precision}; actors train {list(self.split.train)} "
-                  f"val {list(self.split.val)} test {list(self.split.test)}; {len(self.train_loader)} steps/epoch")
+                  f"val {list(self.split.val)} test {list(self.split.test)}; {len(self.train_loader)} steps/epoch of "
+                  f"{cfg.batch_size} clips ({self.batch_size} per process)")
 
     def restore(self, state: dict) -> None:
         """Load model, optimizer, scheduler, scaler and progress from a checkpoint."""
@@ -197,16 +278,22 @@ class Run:
         return bool(self.accelerator.reduce(flag, reduction="sum").item())
 
     def train_epoch(self) -> dict:
-        """One pass over this rank's training batches; returns loss, clips/s and the fraction of time spent waiting for data."""
+        """One pass over this rank's training batches; returns loss, clips (all processes'), seconds, clips/s and the
+        fraction of time spent waiting for data.
+
+        No host sync per step: the loss sum stays on the device and is read once, at the end (or at a preemption); the
+        preemption flag is looked at every STOP_CHECK_EVERY steps and at the last step (stop_check_due)."""
         acc, model = self.accelerator, self.model
         model.train()
         set_seed(self.cfg.seed + 1000 * self.epoch, device_specific=True)  # the epoch replays identically on resume
         self.train_loader.set_epoch(self.epoch)
+        steps = len(self.train_loader)
         skip, resumed_rng = self.step_in_epoch, self.resumed_rng() if self.step_in_epoch else None
+        # float64 from the resumed epoch's sum: the same additions in the same order as an uninterrupted epoch
+        loss_sum = torch.tensor(self.epoch_loss_sum, dtype=torch.float64, device=acc.device)
         waited, start = 0.0, time.perf_counter()
         batches = iter(self.train_loader)
-        bar = tqdm(range(len(self.train_loader)), desc=f"epoch {self.epoch}", disable=not acc.is_local_main_process,
-                   leave=False)
+        bar = tqdm(range(steps), desc=f"epoch {self.epoch}", disable=not acc.is_local_main_process, leave=False)
         for step in bar:
             if step == skip and resumed_rng is not None:  # continue the interrupted epoch with the random state it had,
                 set_rng_state(resumed_rng)  # before this step's batch: SpecAugment draws from it as the batch is made
@@ -217,18 +304,19 @@ class Run:
                 continue
             if self.epoch == 0 and step == 0:
                 self.log_spectrograms(batch.features)
-            value = self.train_step(batch).item()  # one device sync per step
-            self.step_in_epoch, self.epoch_loss_sum = step + 1, self.epoch_loss_sum + value
-            bar.set_postfix(loss=f"{value:.3f}")
-            if self.should_stop():
+            loss_sum += self.train_step(batch)  # stays on the device: no sync
+            self.step_in_epoch = step + 1
+            if stop_check_due(step, steps) and self.should_stop():
+                self.epoch_loss_sum = loss_sum.item()
                 self.checkpoint("last")
                 acc.print(f"signal {STOP['signal']}: checkpoint saved at epoch {self.epoch} step {self.step_in_epoch}")
                 acc.end_training()
                 raise Preempted(128 + max(STOP["signal"], 1))
+        self.epoch_loss_sum = loss_sum.item()  # the epoch's one host sync (it waits for the device's last step)
         elapsed = time.perf_counter() - start
-        clips = (self.step_in_epoch - skip) * self.cfg.batch_size * acc.num_processes
-        return {"loss": self.epoch_loss_sum / max(self.step_in_epoch, 1), "clips_per_s": clips / elapsed,
-                "data_wait": waited / elapsed}
+        clips = (self.step_in_epoch - skip) * self.cfg.batch_size  # the global batch: every process's clips
+        return {"loss": self.epoch_loss_sum / max(self.step_in_epoch, 1), "clips": clips, "seconds": elapsed,
+                "clips_per_s": clips / elapsed, "data_wait": waited / elapsed}
 
     def train_step(self, batch) -> torch.Tensor:
         """Forward (mixup when configured), backward, clip, optimiser and scheduler step; returns the loss."""
@@ -296,17 +384,23 @@ class Run:
     def test(self) -> dict:
         """Evaluate the best epoch's weights on the test actors; write metrics.json, the confusion matrix, hparams."""
         acc = self.accelerator
-        best = load_checkpoint(self.run_dir / "best.pt") if (self.run_dir / "best.pt").is_file() else None
-        if best is not None:
-            acc.unwrap_model(self.model).load_state_dict(best["model"])
+        best = self.run_dir / "best.pt"
+        # the main process reads best.pt, every rank gets its weights: no rank tests other weights, or fails, because
+        # its own view of the file system differs
+        weights = from_main(acc, lambda: load_checkpoint(best)["model"] if best.is_file() else None)
+        if weights is not None:
+            acc.unwrap_model(self.model).load_state_dict(weights)
+        self.test_weight_checksums = gather_object([weights_checksum(acc.unwrap_model(self.model).state_dict())])
         test, cm, rows = evaluate(self.model, self.test_loader, acc, self.classes)
         metrics = {"run": self.cfg.run_name, "model": self.cfg.model, "intensity": self.cfg.intensity,
                    "classes": self.classes, "split": vars(self.split), "best_epoch": self.best["epoch"],
                    "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),
                    "world_size": acc.num_processes, "mixed_precision": acc.mixed_precision,
+                   "batch_size": self.cfg.batch_size, "batch_size_per_process": self.batch_size,
+                   "steps_per_epoch": len(self.train_loader),
                    # speaker_norm normalises with statistics of the test actors' own (unlabelled) audio
                    "transductive": self.cfg.speaker_norm,
-                   "weight_checksums": self.weight_checksums,
+                   "weight_checksums": self.weight_checksums, "test_weight_checksums": self.test_weight_checksums,
                    "wall_seconds": round(time.time() - self.started, 1), "history": self.history}
         if acc.is_main_process:
             fig = plot_confusion(cm, self.classes, f"{self.cfg.run_name}: test UA {test['ua']:.3f}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from nothing: set up ./.venv; preprocess the archive (working_directory/archive if it holds the
 # corpus, else the bundled 4-actor sample): label tables, descriptive analysis, shards; then train and evaluate
-# both models briefly (EPOCHS, default 30, batch 16) on the normal intensity, speaker-independent. Variables: EPOCHS.
+# the recipe (resnet) and the hybrid briefly (EPOCHS, default 30, batch 16) on the normal intensity, speaker-independent. Variables: EPOCHS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,7 +12,7 @@ if ! compgen -G "$archive/Actor_*/*" >/dev/null; then
 fi
 .venv/bin/python -m preprocess --archive "$archive" --out working_directory
 .venv/bin/python -m preprocess verify --shards working_directory/shards
-for model in cnn hybrid; do
+for model in resnet hybrid; do
   .venv/bin/python train.py --model "$model" --intensity normal --epochs "${EPOCHS:-30}" --batch-size 16
 done
 cat <<'DONE'

@@ -207,7 +207,7 @@ def test_existing_flags_keep_their_meaning(yaml_file, argv, key, expected):
 
 def test_default_config_comes_from_the_model(tmp_path):
     """Without --config the model's YAML is read; a model set by flag or override picks the file."""
-    assert load_config([]).model == "hybrid"
+    assert load_config([]).model == "resnet" and load_config([]).backend == "device"  # configs/resnet.yaml
     assert load_config(["--model", "cnn"]).model == "cnn"
     assert load_config(["model=cnn", "epochs=3"]).epochs == 3
 
@@ -307,7 +307,7 @@ def sampled_config() -> TrainConfig:
     return cfg
 
 
-@pytest.mark.parametrize("make", [TrainConfig, sampled_config, lambda: load_config([])], ids=["default", "sampled", "hybrid.yaml"])
+@pytest.mark.parametrize("make", [TrainConfig, sampled_config, lambda: load_config([])], ids=["default", "sampled", "resnet.yaml"])
 def test_saved_config_round_trips(make):
     """to_dict (what a run saves as config.yaml and in checkpoints) reads back through from_dict to the same config."""
     cfg = make()

@@ -1,30 +1,69 @@
 """The trainer for real: train.py and accelerate launch in subprocesses on a tiny generated corpus."""
 import json
 import math
+import shutil
+import types
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ravdess_dist import trainer as trainer_module
 from ravdess_dist.checkpoint import load_checkpoint, save_checkpoint
+from ravdess_dist.data.contract import SHUFFLE_BUFFER
+from ravdess_dist.data.factory import make_loader
+from ravdess_dist.features import FeatureConfig
+from ravdess_dist.trainer import Preempted, Run
+from shards.manifest import Manifest
 from tests.corpus import tone
-from tests.trainer_fixtures import run_python, tiny_config, tiny_shards, train_args
+from tests.trainer_fixtures import TINY, run_python, tiny_config, tiny_shards, train_args
 
+# Sends itself SIGNAL just before the STEP-th training step of the process (counted over epochs from 1); the trainer
+# looks at the flag every EVERY steps (and at an epoch's last step), so it stops at the next such step.
 SIGNAL_AT = """
 import os, signal, sys
+sys.path.insert(0, os.getcwd())  # the checkout's package (the cwd), also when this runs as a script from elsewhere
 from ravdess_dist import trainer
-calls, original = 0, trainer.Run.should_stop
-def should_stop(self):
+trainer.STOP_CHECK_EVERY = {every}
+calls, original = 0, trainer.Run.train_step
+def train_step(self, batch):
     global calls
     calls += 1
     if calls == {step}:
         os.kill(os.getpid(), signal.{signal})
-    return original(self)
-trainer.Run.should_stop = should_stop
+    return original(self, batch)
+trainer.Run.train_step = train_step
 sys.argv = ["train.py", *sys.argv[1:]]
 exec(open("train.py").read())
 """
+
+# Rank 1 cannot read the run folder: load_checkpoint and Path.is_file of anything under --output-dir fail there. The
+# main process alone must decide about and read checkpoints (resume and best.pt), every rank getting their content.
+RANK1_BLIND = """
+import os, pathlib, sys
+sys.path.insert(0, os.getcwd())  # the checkout's package (the cwd), not an installed copy
+from ravdess_dist import checkpoint, trainer
+if int(os.environ["RANK"]) == 1:
+    models = pathlib.Path(os.path.abspath(sys.argv[sys.argv.index("--output-dir") + 1]))
+    def load_checkpoint(path):
+        raise OSError(f"rank 1 cannot read {path}")
+    trainer.load_checkpoint = checkpoint.load_checkpoint = load_checkpoint
+    is_file = pathlib.Path.is_file
+    def blind_is_file(self):
+        if models in pathlib.Path(os.path.abspath(self)).parents:
+            raise OSError(f"rank 1 cannot see {self}")
+        return is_file(self)
+    pathlib.Path.is_file = blind_is_file
+sys.argv = ["train.py", *sys.argv[1:]]
+exec(open("train.py").read())
+"""
+
+
+def signal_script(step: int, sig: str, every: int = 8) -> str:
+    """SIGNAL_AT for one signal before training step STEP, the flag looked at every EVERY steps."""
+    return SIGNAL_AT.replace("{step}", str(step)).replace("{signal}", sig).replace("{every}", str(every))
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +74,11 @@ def setup(tmp_path_factory):
 
 
 def train(setup, run, *extra, signal_at=None):
-    """Run train.py (optionally signalling itself at a step) and return the process."""
+    """Run train.py (optionally signalling itself before a step: (step, signal[, every])) and return the process."""
     tmp, shards, config = setup
     args = train_args(tmp, shards, config, run, *extra)
     if signal_at:
-        step, sig = signal_at
-        return run_python(["-c", SIGNAL_AT.replace("{step}", str(step)).replace("{signal}", sig), *args])
+        return run_python(["-c", signal_script(*signal_at), *args])
     return run_python(["train.py", *args])
 
 
@@ -115,7 +153,7 @@ def test_two_process_ddp_through_accelerate_launch(setup, ddp):
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(trained, setup):
     """Killed with SIGKILL in epoch 2, resumed from last.pt: the same final metrics as the run that was not killed."""
-    proc = train(setup, "killed", "--epochs", "4", signal_at=(2 * 8 + 3, "SIGKILL"))  # 8 steps per epoch
+    proc = train(setup, "killed", "--epochs", "4", signal_at=(2 * 8 + 3, "SIGKILL"))  # 8 steps per epoch: step 2 of epoch 2
     assert proc.returncode == -9
     assert load_checkpoint(setup[0] / "models/killed/last.pt")["epoch"] == 2
     proc = train(setup, "killed", "--epochs", "4", "--resume", str(setup[0] / "models/killed"))
@@ -127,8 +165,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(trained, setup):
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(setup):
-    """SIGTERM (a cluster's preemption) mid-epoch: checkpoint at that step, exit 143, resume finishes the run."""
-    proc = train(setup, "preempted", "--epochs", "3", signal_at=(8 + 5, "SIGTERM"))
+    """SIGTERM (a cluster's preemption) mid-epoch: checkpoint at the next step that looks at the flag, exit 143,
+    resume finishes the run."""
+    # SIGTERM before step 2 of epoch 1 (8 steps per epoch), the flag looked at every 5 steps: noticed after step 5
+    proc = train(setup, "preempted", "--epochs", "3", signal_at=(8 + 3, "SIGTERM", 5))
     assert proc.returncode == 143, proc.stderr[-2000:]
     state = load_checkpoint(setup[0] / "models/preempted/last.pt")
     assert (state["epoch"], state["step"]) == (1, 5)
@@ -142,7 +182,8 @@ def test_two_process_preemption_mid_epoch_resumes_exactly(setup, ddp):
     """Both ranks signalled in epoch 1 (as SLURM signals every task): one checkpoint at that step holding each rank's
     random state; the resumed two-process run ends with exactly the uninterrupted run's losses and test metrics."""
     script = setup[0] / "signal_at.py"
-    script.write_text(SIGNAL_AT.replace("{step}", str(4 + 2)).replace("{signal}", "SIGTERM"))  # 4 steps per epoch
+    # 8 steps per epoch (global batch 16, 8 per process): SIGTERM before step 0 of epoch 1, looked at every 2 steps
+    script.write_text(signal_script(8 + 1, "SIGTERM", 2))
     proc = launch_two(setup, "ddp-preempted", "--epochs", "2", port=29732, script=str(script))
     assert proc.returncode != 0 and "checkpoint saved at epoch 1 step 2" in proc.stdout, proc.stderr[-3000:]
     state = load_checkpoint(setup[0] / "models/ddp-preempted/last.pt")
@@ -153,7 +194,47 @@ def test_two_process_preemption_mid_epoch_resumes_exactly(setup, ddp):
     assert "resumed from epoch 1 step 2" in proc.stdout
     resumed = metrics(setup, "ddp-preempted")
     assert resumed["test"] == ddp["test"] and resumed["weight_checksums"] == ddp["weight_checksums"]
-    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in ddp["history"]]  # epoch 1: all 4 steps
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in ddp["history"]]  # epoch 1: all 8 steps
+
+
+def test_batch_size_is_global_so_one_and_two_processes_take_the_same_steps(trained, setup, ddp):
+    """--batch-size 16 is the global batch: one process takes 16 clips a step, two take 8 each, so both take 8 steps
+    per epoch over the 128 training clips (the same LR schedule), and clips/s counts every process's clips once."""
+    one, two = metrics(setup, "base"), ddp
+    assert one["steps_per_epoch"] == two["steps_per_epoch"] == 8 == 32 * len(one["split"]["train"]) // 16
+    assert (one["world_size"], one["batch_size"], one["batch_size_per_process"]) == (1, 16, 16)
+    assert (two["world_size"], two["batch_size"], two["batch_size_per_process"]) == (2, 16, 8)
+    for m in (one, two):
+        for h in m["history"]:
+            assert h["clips"] == 8 * 16 == 32 * len(m["split"]["train"])  # not 2 x 128 for two processes
+            assert h["clips_per_s"] == pytest.approx(h["clips"] / h["seconds"])
+
+
+def test_batch_size_that_does_not_divide_by_the_processes_is_refused(setup):
+    """A global batch of 15 over 2 processes: a one-line error on a non-zero exit, before any work (no run folder)."""
+    proc = launch_two(setup, "odd-batch", "--batch-size", "15", port=29734)
+    assert proc.returncode != 0
+    assert "error: --batch-size 15 is the global batch and must divide by the 2 processes (try 14 or 16)" in proc.stderr
+    assert not (setup[0] / "models/odd-batch").exists()
+
+
+def test_only_the_main_process_reads_checkpoints(setup, ddp):
+    """A two-process resume where rank 1 cannot read the run folder (its load_checkpoint and Path.is_file there fail):
+    the main process decides and reads last.pt and best.pt, both ranks get the state and the best weights, and the
+    test metrics come from best.pt's weights on both ranks."""
+    tmp = setup[0]
+    shutil.copytree(tmp / "models/ddp", tmp / "models/ddp-blind")
+    script = tmp / "rank1_blind.py"
+    script.write_text(RANK1_BLIND)
+    proc = launch_two(setup, "ddp-blind", "--epochs", "3", "--resume", "auto", port=29735, script=str(script))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from epoch 2 step 0" in proc.stdout
+    m = metrics(setup, "ddp-blind")
+    assert m["world_size"] == 2 and [h["epoch"] for h in m["history"]] == [0, 1, 2]
+    assert m["weight_checksums"][0] == m["weight_checksums"][1]
+    best = trainer_module.weights_checksum(load_checkpoint(tmp / "models/ddp-blind/best.pt")["model"])
+    assert m["test_weight_checksums"] == [pytest.approx(best, rel=1e-12, abs=1e-9)] * 2
+    assert m["test"]["clips"] == 32 * len(m["split"]["test"])
 
 
 def test_bf16_autocast_on_cpu(setup):
@@ -170,6 +251,113 @@ def test_dali_backend_trains_and_evaluates(setup):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = metrics(setup, "dali")
     assert math.isfinite(m["history"][0]["loss"]) and m["test"]["clips"] == 32 * len(m["split"]["test"])
+
+
+def test_dali_shuffle_buffer_fits_a_small_share(setup, monkeypatch):
+    """The DALI training reader fills its shuffle buffer with at most this rank's share (64 clips of 128 over 2
+    ranks here), not always SHUFFLE_BUFFER (512) clips."""
+    dali_path = pytest.importorskip("ravdess_dist.data.dali_path")
+    assert dali_path.shuffle_fill(64) == 64 and dali_path.shuffle_fill(0) == 1
+    assert dali_path.shuffle_fill(10_000) == dali_path.shuffle_fill(SHUFFLE_BUFFER) == SHUFFLE_BUFFER == 512
+    fills, reader = [], dali_path.fn.readers.webdataset
+
+    def recording_reader(*args, **kwargs):
+        fills.append(kwargs["initial_fill"])
+        return reader(*args, **kwargs)
+
+    monkeypatch.setattr(dali_path.fn.readers, "webdataset", recording_reader)
+    shards = setup[1]
+    manifest = Manifest.load(shards)
+    loader = make_loader("dali", root=shards, entries=manifest.select("normal", [1, 2, 3, 4]),
+                         class_names=manifest.class_names("normal"), batch_size=8, train=True,
+                         features=FeatureConfig(**TINY["features"]), device="cpu", rank=1, world_size=2, num_workers=1)
+    assert loader.num_samples == 64
+    batch = next(iter(loader))
+    assert batch.features.shape[0] == 8 and fills == [64]
+
+
+def test_preemption_flag_is_looked_at_every_k_steps_and_at_the_last(monkeypatch):
+    """stop_check_due: after every STOP_CHECK_EVERY-th step and after the epoch's last step, at no other step."""
+    assert trainer_module.STOP_CHECK_EVERY == 8
+    due = trainer_module.stop_check_due
+    assert [s for s in range(20) if due(s, 20)] == [7, 15, 19]
+    assert [s for s in range(16) if due(s, 16)] == [7, 15]
+    monkeypatch.setattr(trainer_module, "STOP_CHECK_EVERY", 5)
+    assert [s for s in range(8) if due(s, 8)] == [4, 7]
+
+
+class FakeLoader:
+    """STEPS batches of 4 rows (train_epoch only iterates them and hands them to train_step)."""
+
+    def __init__(self, steps: int):
+        self.steps, self.epochs = steps, []
+
+    def __len__(self):
+        return self.steps
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        return iter([types.SimpleNamespace(features=torch.zeros(4, 1, 2, 2)) for _ in range(self.steps)])
+
+
+def fake_run(steps: int, stop_at_check: int | None = None):
+    """The parts of a Run that train_epoch uses, on a CPU, with train_step returning the losses 0, 1, 2, ... and
+    should_stop answering True at its STOP_AT_CHECK-th call (from 1); calls and checkpoints recorded."""
+    run = types.SimpleNamespace(
+        accelerator=types.SimpleNamespace(device=torch.device("cpu"), is_local_main_process=False, num_processes=1,
+                                          print=print, end_training=lambda: None),
+        model=torch.nn.Linear(1, 1), cfg=types.SimpleNamespace(seed=0, batch_size=16), train_loader=FakeLoader(steps),
+        epoch=1, step_in_epoch=0, epoch_loss_sum=0.0, checks=[], saved=[], log_spectrograms=lambda _: None)
+    run.train_step = lambda batch: torch.tensor(float(run.step_in_epoch))  # loss of step i is i
+    run.resumed_rng = lambda: None
+
+    def should_stop():
+        run.checks.append(run.step_in_epoch)
+        return len(run.checks) == stop_at_check
+
+    run.should_stop = should_stop
+    run.checkpoint = lambda name: run.saved.append((name, run.step_in_epoch, run.epoch_loss_sum))
+    return run
+
+
+@pytest.fixture
+def host_syncs(monkeypatch):
+    """Counts Tensor.item() and float()/bool() of tensors (each a device-to-host sync on a GPU); seeding stubbed."""
+    count = {"n": 0}
+    item, to_float, to_bool = torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__bool__
+
+    def counted(original):
+        def call(self, *args):
+            count["n"] += 1
+            return original(self, *args)
+        return call
+
+    monkeypatch.setattr(torch.Tensor, "item", counted(item))
+    monkeypatch.setattr(torch.Tensor, "__float__", counted(to_float))
+    monkeypatch.setattr(torch.Tensor, "__bool__", counted(to_bool))
+    monkeypatch.setattr(trainer_module, "set_seed", lambda *a, **k: None)
+    return count
+
+
+def test_train_epoch_syncs_with_the_host_once(host_syncs):
+    """20 steps: the loss sum stays on the device and is read once; the flag is looked at after steps 8, 16 and 20."""
+    run = fake_run(20)
+    out = Run.train_epoch(run)
+    assert host_syncs["n"] == 1
+    assert run.checks == [8, 16, 20] and run.saved == []
+    assert out["loss"] == sum(range(20)) / 20 and run.epoch_loss_sum == sum(range(20))
+    assert out["clips"] == 20 * 16 and run.step_in_epoch == 20
+
+
+def test_train_epoch_preempted_saves_the_loss_so_far(host_syncs):
+    """A stop noticed at the second look (after step 16): last.pt at step 16 with the sum of those 16 losses."""
+    run = fake_run(20, stop_at_check=2)
+    with pytest.raises(Preempted):
+        Run.train_epoch(run)
+    assert run.checks == [8, 16] and run.saved == [("last", 16, float(sum(range(16))))]
+    assert host_syncs["n"] == 1
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -214,6 +402,26 @@ def test_resume_with_another_model_is_refused(trained, setup):
     assert proc.returncode != 0 and "checkpoint has model='hybrid'" in proc.stderr
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--fold", "1"], "checkpoint has split=(test [1], val [3], train [2, 4, 5, 6]), this run asks split=(test [3], "
+                      "val [5], train [1, 2, 4, 6])"),
+    (["--test-actors", "2", "--val-actors", "1"], "checkpoint has split=(test [1], val [3], train [2, 4, 5, 6]), this "
+                                                  "run asks split=(test [2], val [1]"),
+    (["--seed", "1"], "checkpoint has seed=0, this run asks 1"),
+    (["--intensity", "strong"], "checkpoint has intensity='normal'"),
+    (["train_intensities=both"], "checkpoint has train_intensities='same'"),
+    (["features.n_mels=16"], "checkpoint has features="),
+], ids=["fold", "actors", "seed", "intensity", "train_intensities", "features"])
+def test_resume_of_another_split_or_seed_is_refused(trained, setup, extra, message):
+    """--resume of a fold-0 checkpoint with another fold, other actors, seed, intensity or features: a one-line error
+    naming the setting, a non-zero exit, nothing trained."""
+    run = "refused" + "".join(extra).replace("=", "-").replace(".", "-")
+    proc = train(setup, run, *extra, "--resume", str(trained / "last.pt"))
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not (setup[0] / "models" / run).exists()
+
+
 def test_predict_stereo_48k_file(trained, tmp_path):
     """predict resamples and downmixes any file, and prints class probabilities that sum to 1."""
     wav = tmp_path / "stereo.wav"
@@ -239,6 +447,8 @@ def test_cross_validation_aggregates_every_fold(setup):
     [row] = summary["summary"]
     assert row["folds"] == 3 and row["ua_mean"] == pytest.approx(np.mean([r["ua"] for r in summary["runs"]]))
     assert "± " in (tmp / "models/cv3/summary.md").read_text()
+    assert np.sum(summary["confusion_matrix"]) == 32 * 6  # every actor's clips once, over the three test folds
+    assert (tmp / "models/cv3/confusion_matrix.png").is_file() and (tmp / "models/cv3/config.yaml").is_file()
 
 
 def test_strong_model_trained_on_both_intensities_never_predicts_neutral(setup, tmp_path):
