@@ -1,10 +1,11 @@
 """Checkpoints: everything needed to resume exactly or to predict, written atomically, loaded with weights_only=True."""
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from shards.atomic import atomic_path
 
 
 def rng_state() -> dict:
@@ -37,9 +38,8 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: Path, state: dict) -> Path:
     """torch.save to a temporary name, then rename: a reader never sees half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

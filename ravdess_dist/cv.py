@@ -15,7 +15,8 @@ import yaml
 from ravdess_dist.config import load_config, to_dict
 from ravdess_dist.evaluate import plot_confusion
 from ravdess_dist.metrics import summarize as summarize_cm
-from ravdess_dist.trainer import training_function, write_json
+from ravdess_dist.trainer import training_function
+from shards.atomic import write_json
 
 METRICS = ("wa", "ua", "macro_f1")
 

@@ -20,7 +20,7 @@ from ravdess_dist.data.factory import make_loader
 from ravdess_dist.evaluate import plot_confusion, window_average
 from ravdess_dist.metrics import confusion_matrix, summarize
 from ravdess_dist.models import create_model
-from ravdess_dist.trainer import write_json
+from shards.atomic import write_json
 from shards.manifest import Manifest
 
 

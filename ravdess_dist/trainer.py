@@ -1,5 +1,4 @@
 """The Accelerate trainer: DDP + mixed precision, TensorBoard, atomic checkpoints, exact resume, preemption-safe."""
-import json
 import math
 import os
 import pickle
@@ -21,6 +20,7 @@ from ravdess_dist.evaluate import evaluate, plot_confusion
 from ravdess_dist.data.contract import LoaderSpec
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.models import create_model
+from shards.atomic import write_json
 from shards.manifest import Manifest
 from shards.splits import make_split
 
@@ -422,13 +422,6 @@ class Run:
     def close(self) -> None:
         """End the process's last run: trackers and the process group (a later collective would fail)."""
         self.accelerator.end_training()
-
-
-def write_json(path: Path, obj) -> None:
-    """JSON to a temporary name, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def training_function(cfg: TrainConfig, last: bool = True) -> dict:
