@@ -57,6 +57,9 @@ HELP = {
     "train_intensities": "training clips: the selected intensity only (same) or both intensities (both)",
     "eval_crops": "crops averaged per clip at evaluation",
     "speaker_norm": "per-speaker feature normalisation",
+    "channels_last": "NHWC memory layout for the model's convolutions (faster on CPUs with oneDNN and on tensor cores)",
+    "compile": "torch.compile the model (through Accelerate): no, default, reduce-overhead (CUDA graphs) or max-autotune",
+    "cudnn_benchmark": "let cuDNN time its convolution algorithms for the fixed input shape (GPU only)",
     "model_args": "YAML mapping passed to the model constructor (or model_args.KEY=VALUE for one entry)",
     "features": "YAML mapping merged into the feature settings (or features.KEY=VALUE)",
     "augment": "YAML mapping merged into the augmentation settings (or augment.KEY=VALUE)",
@@ -67,7 +70,8 @@ def choices() -> dict[str, tuple]:
     """Allowed values of the top-level settings that have a fixed set: the flags' choices and validate() both use it."""
     return {"model": tuple(list_models()), "intensity": tuple(SELECTIONS), "backend": tuple(BACKENDS),
             "train_intensities": ("same", "both"), "device": ("auto", "cuda", "cpu"),
-            "optimizer": ("adamw", "sgd"), "mixed_precision": ("auto", "no", "fp16", "bf16")}
+            "optimizer": ("adamw", "sgd"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
+            "compile": ("no", "default", "reduce-overhead", "max-autotune")}
 
 
 @dataclass
@@ -104,6 +108,9 @@ class TrainConfig:
     train_intensities: str = "same"
     eval_crops: int = 1
     speaker_norm: bool = False
+    channels_last: bool = False
+    compile: str = "no"
+    cudnn_benchmark: bool = False
     model_args: dict = field(default_factory=dict)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -1,4 +1,5 @@
 """The Accelerate trainer: DDP + mixed precision, TensorBoard, atomic checkpoints, exact resume, preemption-safe."""
+import contextlib
 import math
 import os
 import pickle
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import TorchDynamoPlugin, broadcast_object_list, gather_object, set_seed
 from tqdm import tqdm
 
 from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -50,6 +51,13 @@ def resolve_precision(cfg: TrainConfig, device: str) -> str:
     if cfg.mixed_precision == "fp16" and not cuda:
         raise ValueError("--mixed-precision fp16 needs a GPU (loss scaling is CUDA-only); use bf16 or no on a CPU")
     return cfg.mixed_precision
+
+
+def compile_plugin(mode: str) -> TorchDynamoPlugin | None:
+    """Accelerate's torch.compile settings for `compile: MODE` (None: eager). reduce-overhead adds CUDA graphs."""
+    if mode == "no":
+        return None
+    return TorchDynamoPlugin(backend="inductor", mode=mode)
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -184,10 +192,12 @@ class Run:
     """One training run's state and outputs; `fit()` trains, `test()` evaluates the best model on the test actors."""
 
     def __init__(self, cfg: TrainConfig):
-        self.started = time.time()
+        self.started, self.started_perf, self.seconds = time.time(), time.perf_counter(), {}
         device = resolve_device(cfg.device)  # an error, not a silent CPU run, when GPUs are there but unusable
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolve_precision(cfg, device),
-                                       log_with="tensorboard", project_dir=cfg.logging_dir)
+                                       log_with="tensorboard", project_dir=cfg.logging_dir,
+                                       dynamo_plugin=compile_plugin(cfg.compile))
         acc = self.accelerator
         self.batch_size = per_process_batch(cfg.batch_size, acc.num_processes)  # cfg.batch_size is the global batch
         manifest = Manifest.load(Path(cfg.shards))
@@ -212,10 +222,12 @@ class Run:
         self.val_loader = loader(manifest.select(cfg.intensity, self.split.val), False)
         self.test_loader = loader(manifest.select(cfg.intensity, self.split.test), False)
         model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
+        if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change layout
+            model = model.to(memory_format=torch.channels_last)
         optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader))
         weights = class_weights(self.train_entries, self.classes) if cfg.class_weights else None
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
-        # the loaders already split by rank: only the model and optimizer go through prepare()
+        # the loaders already split by rank: only the model and optimizer go through prepare() (DDP, then compile)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
         self.epoch_loss_sum = 0.0  # summed step losses of the epoch so far: a resumed epoch reports all its steps
@@ -238,10 +250,31 @@ class Run:
                   f"process(es) on {acc.device}, precision {acc.mixed_precision}; actors train {list(self.split.train)} "
                   f"val {list(self.split.val)} test {list(self.split.test)}; {len(self.train_loader)} steps/epoch of "
                   f"{cfg.batch_size} clips ({self.batch_size} per process)")
+        self.seconds["setup"] = time.perf_counter() - self.started_perf
+
+    @contextlib.contextmanager
+    def timed(self, part: str):
+        """Add the wall time of the block to self.seconds[PART] (metrics.json's `timing`: where a run's time goes)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
+
+    def timing(self) -> dict:
+        """Seconds of this process's run by part: setup, train_steps (the epochs' step loops, data included),
+        validation, checkpoints, test, and everything outside the training steps."""
+        wall = time.perf_counter() - self.started_perf
+        parts = {k: round(v, 2) for k, v in self.seconds.items()}
+        return {**parts, "outside_train_steps": round(wall - self.seconds.get("train_steps", 0.0), 2), "wall": round(wall, 2)}
+
+    def bare_model(self) -> torch.nn.Module:
+        """The model without its DDP and torch.compile wrappers: its state dict has the plain parameter names."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def restore(self, state: dict) -> None:
         """Load model, optimizer, scheduler, scaler and progress from a checkpoint."""
-        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.bare_model().load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.accelerator.scaler is not None and state.get("scaler"):
@@ -257,7 +290,7 @@ class Run:
             return
         scaler = self.accelerator.scaler
         save_checkpoint(self.run_dir / f"{name}.pt", {
-            "model": self.accelerator.unwrap_model(self.model).state_dict(),
+            "model": self.bare_model().state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng,
             "epoch": self.epoch, "step": self.step_in_epoch, "epoch_loss_sum": self.epoch_loss_sum,
@@ -360,21 +393,24 @@ class Run:
         signal.signal(signal.SIGUSR1, _on_signal)
         while self.epoch < self.cfg.epochs and self.epoch - self.best["epoch"] <= self.cfg.patience:
             train = self.train_epoch()
-            val, _, _ = evaluate(self.model, self.val_loader, self.accelerator, self.classes)
+            self.seconds["train_steps"] = self.seconds.get("train_steps", 0.0) + train["seconds"]
+            with self.timed("validation"):
+                val, _, _ = evaluate(self.model, self.val_loader, self.accelerator, self.classes)
             self.log_epoch(train, val)
             self.history.append({"epoch": self.epoch, **train, **{f"val_{k}": v for k, v in val.items() if k != "recall"}})
             improved = val["ua"] > self.best["ua"]
             if improved:
                 self.best = {"ua": val["ua"], "epoch": self.epoch, "val": val}
             self.epoch, self.step_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
-            if improved:
-                self.checkpoint("best")
-            self.checkpoint("last")
+            with self.timed("checkpoints"):
+                if improved:
+                    self.checkpoint("best")
+                self.checkpoint("last")
         self.check_replicas_agree()
 
     def check_replicas_agree(self) -> None:
         """DDP keeps one model: every rank's weights must be identical after training, else stop loudly."""
-        params = self.accelerator.unwrap_model(self.model).parameters()
+        params = self.bare_model().parameters()
         checksum = float(sum(p.detach().double().sum() for p in params))
         sums = gather_object([checksum])
         if len(set(sums)) != 1:
@@ -387,11 +423,12 @@ class Run:
         best = self.run_dir / "best.pt"
         # the main process reads best.pt, every rank gets its weights: no rank tests other weights, or fails, because
         # its own view of the file system differs
-        weights = from_main(acc, lambda: load_checkpoint(best)["model"] if best.is_file() else None)
-        if weights is not None:
-            acc.unwrap_model(self.model).load_state_dict(weights)
-        self.test_weight_checksums = gather_object([weights_checksum(acc.unwrap_model(self.model).state_dict())])
-        test, cm, rows = evaluate(self.model, self.test_loader, acc, self.classes)
+        with self.timed("test"):
+            weights = from_main(acc, lambda: load_checkpoint(best)["model"] if best.is_file() else None)
+            if weights is not None:
+                self.bare_model().load_state_dict(weights)
+            self.test_weight_checksums = gather_object([weights_checksum(self.bare_model().state_dict())])
+            test, cm, rows = evaluate(self.model, self.test_loader, acc, self.classes)
         metrics = {"run": self.cfg.run_name, "model": self.cfg.model, "intensity": self.cfg.intensity,
                    "classes": self.classes, "split": vars(self.split), "best_epoch": self.best["epoch"],
                    "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),
@@ -401,7 +438,7 @@ class Run:
                    # speaker_norm normalises with statistics of the test actors' own (unlabelled) audio
                    "transductive": self.cfg.speaker_norm,
                    "weight_checksums": self.weight_checksums, "test_weight_checksums": self.test_weight_checksums,
-                   "wall_seconds": round(time.time() - self.started, 1), "history": self.history}
+                   "wall_seconds": round(time.time() - self.started, 1), "timing": self.timing(), "history": self.history}
         if acc.is_main_process:
             fig = plot_confusion(cm, self.classes, f"{self.cfg.run_name}: test UA {test['ua']:.3f}")
             fig.savefig(self.run_dir / "confusion_matrix.png")

@@ -12,9 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ravdess_dist import trainer as trainer_module
 from ravdess_dist.checkpoint import load_checkpoint, save_checkpoint
+from ravdess_dist.config import load_config
 from ravdess_dist.data.contract import SHUFFLE_BUFFER
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.features import FeatureConfig
+from ravdess_dist.models import create_model
 from ravdess_dist.trainer import Preempted, Run
 from shards.manifest import Manifest
 from tests.corpus import tone
@@ -110,6 +112,18 @@ def test_run_writes_checkpoints_metrics_and_predictions(trained, setup):
     assert len(m["history"]) == 4 and 0 <= m["best_epoch"] < 4
 
 
+def test_metrics_say_where_the_time_went(trained, setup):
+    """metrics.json's timing: the training steps are the epochs' own seconds; the other parts are measured, and they
+    and the training steps fit in the wall time; outside_train_steps is the rest of the wall time."""
+    t = metrics(setup, "base")["timing"]
+    assert set(t) == {"setup", "train_steps", "validation", "checkpoints", "test", "outside_train_steps", "wall"}
+    epochs = sum(h["seconds"] for h in metrics(setup, "base")["history"])
+    assert t["train_steps"] == pytest.approx(epochs, abs=0.02)
+    assert all(t[k] > 0 for k in ("setup", "validation", "checkpoints", "test"))
+    assert sum(t[k] for k in ("setup", "train_steps", "validation", "checkpoints", "test")) <= t["wall"] + 0.05
+    assert t["outside_train_steps"] == pytest.approx(t["wall"] - t["train_steps"], abs=0.02)
+
+
 def test_tensorboard_has_the_expected_tags(trained):
     """Scalars per epoch, input and confusion-matrix images, hyper-parameters, read back from the event files."""
     scalars, images = {}, set()
@@ -162,6 +176,28 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(trained, setup):
     a, b = metrics(setup, "base"), metrics(setup, "killed")
     assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
     assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], abs=1e-6)
+
+
+DEVICE_LEVERS = ("--backend", "device", "features.speech_top_db=30", "eval_crops=2", "augment.speed=[0.9,1.0,1.1]",
+                 "augment.mixup_alpha=0.2")
+
+
+def test_device_backend_preempted_mid_epoch_resumes_exactly(setup):
+    """The device backend with its random levers (crops in the speech span, speed factors, mixup; the epoch's order
+    from its own seeded generator): SIGTERM in the middle of epoch 1, resume: the uninterrupted run's every loss, its
+    weights and its test metrics, exactly."""
+    full = train(setup, "dev-full", "--epochs", "2", *DEVICE_LEVERS)
+    assert full.returncode == 0, full.stderr[-3000:]
+    # SIGTERM before step 3 of epoch 1 (8 steps per epoch), the flag looked at every 2 steps: saved after step 4
+    cut = train(setup, "dev-cut", "--epochs", "2", *DEVICE_LEVERS, signal_at=(8 + 3, "SIGTERM", 2))
+    assert cut.returncode == 143, cut.stderr[-2000:]
+    state = load_checkpoint(setup[0] / "models/dev-cut/last.pt")
+    assert (state["epoch"], state["step"]) == (1, 4)
+    resumed = train(setup, "dev-cut", "--epochs", "2", *DEVICE_LEVERS, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = metrics(setup, "dev-full"), metrics(setup, "dev-cut")
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert a["weight_checksums"] == b["weight_checksums"] and a["test"] == b["test"]
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(setup):
@@ -506,3 +542,20 @@ def test_cross_validation_with_two_processes_finishes_every_fold(setup):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp / "models/cv2p/summary.json").read_text())
     assert len(summary["runs"]) == 3
+
+
+def test_channels_last_and_compile_keep_plain_checkpoints(setup):
+    """channels_last stores the conv weights NHWC and compile wraps the model, yet the state dict that checkpoints
+    save keeps the plain model's parameter names (resume, predict and ensembles load it into an eager model)."""
+    tmp, shards, config = setup
+    cfg = load_config(train_args(tmp, shards, config, "layout", "--backend", "device", "channels_last=true",
+                                 "compile=default"))
+    run = Run(cfg)
+    try:
+        assert isinstance(run.model, torch._dynamo.eval_frame.OptimizedModule)
+        conv = next(m for m in run.bare_model().modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+        plain = create_model(cfg.model, len(run.classes), cfg.features.num_bins, cfg.features.num_frames)
+        assert list(run.bare_model().state_dict()) == list(plain.state_dict())
+    finally:
+        run.close()
