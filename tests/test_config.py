@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from ravdess_dist import config
-from ravdess_dist.config import TrainConfig, choices, from_dict, load_config, parser, to_dict
+from ravdess_dist.config import CONFIG_DIR, TrainConfig, choices, from_dict, load_config, parser, to_dict
 from ravdess_dist.features import FeatureConfig
+from ravdess_dist.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"backend": "device"}  # the device backend accepts every setting (validate() ties some to it)
@@ -355,3 +357,20 @@ def test_train_py_reports_a_bad_override_in_one_line():
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "features.n_mel" in errors[0] and "n_mels" in errors[0], proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_shipped_config_loads_and_builds_its_model(path):
+    """Each YAML under configs/ is a valid TrainConfig whose model builds at its feature shape."""
+    cfg = load_config(["--config", str(path)])
+    model = create_model(cfg.model, 8, cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
+    assert model(torch.zeros(2, 1, cfg.features.num_bins, cfg.features.num_frames)).shape == (2, 8)
+
+
+def test_notebook_baseline_is_the_notebooks_model_and_input():
+    """configs/baseline/notebook.yaml: the hybrid on 40 MFCCs x ~282 frames, exactly the notebook's 248,488 weights."""
+    cfg = load_config(["--config", str(CONFIG_DIR / "baseline/notebook.yaml")])
+    assert (cfg.model, cfg.optimizer, cfg.features.kind, cfg.features.num_bins) == ("hybrid", "sgd", "mfcc", 40)
+    assert abs(cfg.features.num_frames - 282) <= 1
+    model = create_model("hybrid", 8, cfg.features.num_bins, cfg.features.num_frames)
+    assert sum(p.numel() for p in model.parameters()) == 248_488
