@@ -1,12 +1,16 @@
 """Cross-validation over gender-balanced actor folds: train every fold, then summarise per fold and mean ± std.
 
     python -m ravdess_dist.cv --model hybrid --intensity normal --folds 6 [any train.py flag]
+    python -m ravdess_dist.cv --jobs 2 --config configs/resnet.yaml ...   (folds as 2 concurrent processes: CPUs)
     python -m ravdess_dist.cv summarize RUN_DIR_OR_METRICS_JSON... --out DIR   (e.g. after a SLURM array)
 """
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ from ravdess_dist.trainer import training_function
 from shards.atomic import write_json
 
 METRICS = ("wa", "ua", "macro_f1")
+TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
 
 
 def summarize(metrics: list[dict], out: Path, config: dict | None = None) -> dict:
@@ -63,8 +68,50 @@ def load_metrics(paths: list[Path]) -> list[dict]:
     return [json.loads(f.read_text()) for f in files]
 
 
+def pop_jobs(argv: list[str]) -> tuple[int, list[str]]:
+    """(N of `--jobs N`, or 1; ARGV without it): the one cv option that is not a training setting."""
+    argv = list(argv)
+    for i, token in enumerate(argv):
+        if token == "--jobs" or token.startswith("--jobs="):
+            value = token.split("=", 1)[1] if "=" in token else (argv[i + 1] if i + 1 < len(argv) else "")
+            del argv[i:i + (1 if "=" in token else 2)]
+            if not value.isdigit() or int(value) < 1:
+                sys.exit(f"error: --jobs takes a positive number of concurrent fold processes, got {value!r}")
+            return int(value), argv
+    return 1, argv
+
+
+def run_folds_concurrently(argv: list[str], folds: int, name: str, output_dir: Path, jobs: int) -> list[dict]:
+    """Each fold as its own `train.py` process, JOBS at a time, with cpu_count // JOBS torch threads each; returns
+    their metrics in fold order, or exits naming the folds that failed and their logs (OUTPUT_DIR/NAME/foldK.log).
+
+    For CPUs: small convolutional models scale poorly past one thread, and a multi-threaded process next to other
+    work stalls in OpenMP barriers, so single-thread folds side by side finish a CV sooner than one multi-threaded
+    process training them in turn (README, research loop). On GPUs, run folds back to back in one process (no --jobs) or one GPU per job.
+    `--resume auto` per fold: a CV that was killed picks every fold up where it stopped."""
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    (output_dir / name).mkdir(parents=True, exist_ok=True)
+
+    def run(fold: int) -> int:
+        """Train fold FOLD; its exit status."""
+        with open(output_dir / name / f"fold{fold}.log", "w") as log:
+            return subprocess.run([sys.executable, str(TRAIN_PY), *argv, "--folds", str(folds), "--fold", str(fold),
+                                   "--run-name", f"{name}/fold{fold}", "--resume", "auto"],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+    with ThreadPoolExecutor(jobs) as pool:
+        codes = list(pool.map(run, range(folds)))
+    failed = [f for f, code in enumerate(codes) if code]
+    if failed:
+        logs = ", ".join(str(output_dir / name / f"fold{f}.log") for f in failed)
+        sys.exit(f"error: fold(s) {failed} failed (exit status {[codes[f] for f in failed]}): see {logs}")
+    return load_metrics([output_dir / name / f"fold{f}" for f in range(folds)])
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Train every fold in turn (or only summarise finished runs) and write the summary."""
+    """Train every fold in turn in this process (or JOBS fold processes at a time, or only summarise finished runs)
+    and write the summary."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["summarize"]:
         ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv summarize")
@@ -75,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         config = yaml.safe_load((first / "config.yaml").read_text()) if (first / "config.yaml").is_file() else None
         summarize(load_metrics(args.runs), args.out, config)
         return
+    jobs, argv = pop_jobs(argv)
     try:
         cfg = load_config(argv)
     except (ValueError, FileNotFoundError) as err:
@@ -83,6 +131,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("error: cross-validation chooses test actors by fold; drop --test-actors/--val-actors")
     cfg.folds = cfg.folds or 6
     name = cfg.run_name or f"cv-{cfg.model}-{cfg.intensity}-{cfg.folds}folds"
+    if jobs > 1:
+        results = run_folds_concurrently(argv, cfg.folds, name, Path(cfg.output_dir), jobs)
+        config = yaml.safe_load((Path(cfg.output_dir) / name / "fold0" / "config.yaml").read_text())
+        summarize(results, Path(cfg.output_dir) / name, config)
+        return
     results = []
     for fold in range(cfg.folds):
         fold_cfg = load_config(argv)

@@ -535,6 +535,22 @@ def test_ensemble_of_two_runs_and_predict_with_both(trained, setup, tmp_path):
         assert p == pytest.approx((single[0]["probabilities"][c] + single[1]["probabilities"][c]) / 2, abs=2e-4)
 
 
+def test_cross_validation_with_concurrent_fold_processes(setup):
+    """cv --jobs 2: three folds as train.py processes, two at a time, each with its log; the same summary as in one
+    process (every actor tested once). A fold that fails makes cv exit non-zero, naming the fold and its log."""
+    tmp, shards, config = setup
+    proc = run_python(["-m", "ravdess_dist.cv", "--jobs", "2",
+                       *train_args(tmp, shards, config, "cvj", "--folds", "3", "--epochs", "1")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp / "models/cvj/summary.json").read_text())
+    assert [r["run"] for r in summary["runs"]] == ["cvj/fold0", "cvj/fold1", "cvj/fold2"]
+    assert sorted(a for r in summary["runs"] for a in r["test_actors"]) == [1, 2, 3, 4, 5, 6]
+    assert "run cvj/fold1:" in (tmp / "models/cvj/fold1.log").read_text()
+    bad = run_python(["-m", "ravdess_dist.cv", "--jobs=2", *train_args(tmp, shards, config, "cvbad", "--folds", "3",
+                                                                      "--epochs", "1", "--shards", str(tmp / "none"))])
+    assert bad.returncode != 0 and "fold(s) [0, 1, 2] failed" in bad.stderr and "cvbad/fold0.log" in bad.stderr
+
+
 def test_cross_validation_with_two_processes_finishes_every_fold(setup):
     """`accelerate launch --multi_gpu --num_processes 2 -m ravdess_dist.cv`: the process group outlives each fold."""
     tmp = setup[0]
