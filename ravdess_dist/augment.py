@@ -66,31 +66,33 @@ class WaveAugment(nn.Module):
         self.cfg = cfg
         self.max_shift = round(cfg.time_shift_s * sample_rate)
 
-    def add_noise(self, wave: Tensor) -> Tensor:
+    def add_noise(self, wave: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Gaussian noise scaled to exactly the drawn SNR relative to each clip's own power, on a noise_p share of clips."""
         low, high = self.cfg.noise_snr_db
-        batch = wave.shape[0]
-        snr_db = low + (high - low) * torch.rand(batch, 1, device=wave.device)
-        noise = torch.randn_like(wave)
+        batch, draw = wave.shape[0], dict(device=wave.device, generator=generator)
+        snr_db = low + (high - low) * torch.rand(batch, 1, **draw)
+        noise = torch.randn(wave.shape, dtype=wave.dtype, **draw)
         signal_power = wave.pow(2).mean(dim=1, keepdim=True)
         noise_power = noise.pow(2).mean(dim=1, keepdim=True).clamp_min(1e-12)
         scale = torch.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
-        chosen = torch.rand(batch, 1, device=wave.device) < self.cfg.noise_p
+        chosen = torch.rand(batch, 1, **draw) < self.cfg.noise_p
         return wave + noise * scale * chosen
 
-    def shift(self, wave: Tensor) -> Tensor:
+    def shift(self, wave: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Move each clip by a random whole number of samples in [-max_shift, max_shift], filling with zeros."""
-        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (wave.shape[0],), device=wave.device)
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (wave.shape[0],), device=wave.device,
+                               generator=generator)
         return take_windows(wave, -shifts, wave.shape[1])
 
-    def forward(self, wave: Tensor) -> Tensor:
-        """Augmented waveforms when training, the input itself otherwise."""
+    def forward(self, wave: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augmented waveforms when training, the input itself otherwise. The draws come from GENERATOR (on the
+        waveforms' device), else from torch's global generator."""
         if not self.training:
             return wave
         if self.cfg.noise_snr_db is not None:
-            wave = self.add_noise(wave)
+            wave = self.add_noise(wave, generator)
         if self.max_shift > 0:
-            wave = self.shift(wave)
+            wave = self.shift(wave, generator)
         return wave
 
 

@@ -15,6 +15,7 @@ SHARED_FIXTURES = {
     ("test_trainer.py", "trained"): "trainer-trained",
     ("test_trainer.py", "ddp"): "trainer-ddp",
     ("test_loaders.py", "shards"): "loaders-sample",
+    ("test_device_path.py", "shards"): "device-path-sample",  # the same fixture, imported: one instance per module
 }
 
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

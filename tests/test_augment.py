@@ -105,3 +105,17 @@ def test_speed_and_mixup_settings_are_checked():
         AugmentConfig(speed=[3.0])
     with pytest.raises(ValueError, match="mixup_alpha"):
         AugmentConfig(mixup_alpha=-1)
+
+
+def test_wave_augment_with_a_generator_replays_and_leaves_the_global_generator_alone():
+    """Noise and shift drawn from a seeded generator (the device backend's, possibly in a prefetch thread): the same
+    seed gives the same output whatever the global generator's state, and the global generator does not move."""
+    module = WaveAugment(AugmentConfig(noise_p=1.0, time_shift_s=0.2), SR).train()
+    outs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        outs.append(module(waves(), torch.Generator().manual_seed(7)))
+        assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(*outs) and not torch.equal(outs[0], waves())
+    assert not torch.equal(outs[0], module(waves(), torch.Generator().manual_seed(8)))

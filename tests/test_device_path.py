@@ -64,6 +64,25 @@ def test_training_batches_with_speed_and_span_replay(shards):  # noqa: F811
     assert all(torch.equal(a.features, b.features) for a, b in zip(*passes))
 
 
+def test_training_batches_do_not_depend_on_the_global_generator(shards):  # noqa: F811
+    """Crops, speed, noise and shift come from the loader's generators seeded by (seed, epoch, rank): on the CPU they
+    are computed in a prefetch thread while the training thread draws dropout and SpecAugment from torch's global
+    generator, so the batches must be the same whatever that generator does, and must leave it untouched."""
+    feats = FeatureConfig(clip_seconds=1.0, speech_top_db=40.0)
+    aug = AugmentConfig(speed=(0.9, 1.1), noise_p=1.0, freq_masks=0, time_masks=0)
+    ldr = loader("device", shards, "normal", 16, train=True, augment=aug, features=feats)
+    passes = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        ldr.set_epoch(3)
+        passes.append([b.features for b in ldr])
+        assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(a, b) for a, b in zip(*passes))
+    ldr.set_epoch(4)
+    assert not torch.equal(next(iter(ldr)).features, passes[0][0])  # another epoch, other draws
+
+
 def test_speaker_norm_standardises_each_actor(shards):  # noqa: F811
     """speaker_norm: each actor's centre-window features have mean 0 and standard deviation 1 per mel band."""
     ldr = loader("device", shards, "normal", 32, speaker_norm=True)

@@ -186,8 +186,9 @@ def test_device_backend_with_every_lever_resumes_exactly(setup):
     """The device backend with every lever (crops in the speech span, 3 evaluation windows, speed perturbation, mixup,
     transductive speaker normalisation): trains above chance on the tones, tests every clip once, and metrics.json says
     the run used the test actors' audio. SIGTERM in the middle of epoch 1, resume: the uninterrupted run's every loss,
-    its weights and its test metrics, exactly (the epoch's order, crops and speed factors come from the loader's own
-    seeded generator; noise, masks and mixup from the RNG state the checkpoint holds)."""
+    its weights and its test metrics, exactly (the epoch's order, crops, speed factors, noise and shifts come from the
+    loader's own seeded generators, computed in a prefetch thread on the CPU; masks and mixup from the RNG state the
+    checkpoint holds)."""
     full = train(setup, "dev-full", "--epochs", "3", *DEVICE_LEVERS)
     assert full.returncode == 0, full.stderr[-3000:]
     a = metrics(setup, "dev-full")

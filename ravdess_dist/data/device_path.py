@@ -8,8 +8,11 @@ and turned into features there.
   (`features.speech_top_db`, found once per clip at load time).
 - Rank split: this rank's keys of an epoch are `ShardLoader.plan(epoch)` -- the same clips the torch and DALI
   backends give it. Training draws the order within the rank's part, the crops and the speed factors from a generator
-  seeded by (seed, epoch, rank), so an epoch replays exactly; noise, shift and SpecAugment draw from torch's global
-  generator on the device, which the trainer seeds per epoch (and restores on a mid-epoch resume).
+  seeded by (seed, epoch, rank), and noise and shift from a second one on the device seeded alike, so an epoch replays
+  exactly whoever computes it; only SpecAugment (in `ShardLoader.finish`, in the training thread) draws from torch's
+  global generator, which the trainer seeds per epoch (and restores on a mid-epoch resume).
+- On a CPU the training batches are computed PREFETCH batches ahead in a thread (`data.prefetch`), overlapping the
+  model's step as the torch backend's worker processes do; on a GPU they are queued on its stream in order.
 - Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span) are computed on the
   first pass and kept: they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate`
   averages the K windows' probabilities.
@@ -26,10 +29,12 @@ import webdataset as wds
 
 from ravdess_dist.augment import WaveAugment, speed_perturb
 from ravdess_dist.data.contract import RawBatch, ShardLoader, decode, resample_pcm16, sub_seed
+from ravdess_dist.data.prefetch import prefetched
 from ravdess_dist.features import Frontend, span_crop_starts, span_windows, speech_span
 from shards.audio import PCM16_SCALE
 
 CHUNK = 64  # clips per feature call: bounds the intermediate tensors of evaluation passes
+PREFETCH = 2  # training batches computed ahead in a thread when the device is the CPU
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,7 +120,7 @@ class DeviceLoader(ShardLoader):
     def raw_batches(self):
         """Training: endless full batches from this epoch's part; evaluation: the cached windows of the part, once."""
         if self.train:
-            yield from self.train_batches()
+            yield from prefetched(self.train_batches(), PREFETCH if self.device.type == "cpu" else 0)
             return
         if self.eval_cache is None:
             self.eval_cache = list(self.eval_batches())
@@ -137,22 +142,25 @@ class DeviceLoader(ShardLoader):
 
     def train_batches(self):
         """Endless batches of this epoch's part: order, crops inside the speech span and speed factors from a seeded
-        generator; speed perturbation, noise, shift and features on the device."""
+        generator; speed perturbation, noise, shift (from a seeded generator on the device) and features there."""
         keys = [k for _, ks in self.plan(self.epoch) for k in ks]
         generator = torch.Generator().manual_seed(sub_seed(self.seed, self.epoch, self.rank))
+        noise = torch.Generator(self.device).manual_seed(sub_seed(self.seed, self.epoch, self.rank, 1))
         rows_all = self.rows_of(keys)
         length, speeds = self.features.num_samples, self.augment.speed if self.augment else None
         while True:
             order = rows_all[torch.randperm(len(rows_all), generator=generator)]
             for at in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                yield self.train_batch(order[at:at + self.batch_size], generator, length, speeds)
+                yield self.train_batch(order[at:at + self.batch_size], generator, noise, length, speeds)
             if len(order) % self.batch_size:  # wrap around: the tail plus the head of a fresh permutation
                 tail = order[len(order) - len(order) % self.batch_size:]
                 head = rows_all[torch.randperm(len(rows_all), generator=generator)][:self.batch_size - len(tail)]
-                yield self.train_batch(torch.cat([tail, head]), generator, length, speeds)
+                yield self.train_batch(torch.cat([tail, head]), generator, noise, length, speeds)
 
-    def train_batch(self, rows: torch.Tensor, generator: torch.Generator, length: int, speeds) -> RawBatch:
-        """One training batch of clips ROWS: random windows inside the speech span, speed, noise, shift, features."""
+    def train_batch(self, rows: torch.Tensor, generator: torch.Generator, noise: torch.Generator, length: int,
+                    speeds) -> RawBatch:
+        """One training batch of clips ROWS: random windows inside the speech span and speed factors (GENERATOR),
+        speed perturbation, noise and shift (NOISE, on the device), features."""
         factors = torch.ones(len(rows))
         if speeds:
             factors = torch.tensor(speeds)[torch.randint(len(speeds), (len(rows),), generator=generator)]
@@ -166,6 +174,6 @@ class DeviceLoader(ShardLoader):
             starts = span_crop_starts(self.lengths[r], self.spans[r], need, draw[pick].to(self.device))
             waves[pick.to(self.device)] = speed_perturb(self.windows(r, starts, need), factor, length)
         if self.wave_augment is not None:
-            waves = self.wave_augment(waves)
+            waves = self.wave_augment(waves, noise)
         return RawBatch(self.features_of(dev_rows, waves), self.emotions[rows], [self.keys[i] for i in rows.tolist()])
 
