@@ -3,6 +3,7 @@
     python -m ravdess_dist.cv --model hybrid --intensity normal --folds 6 [any train.py flag]
     python -m ravdess_dist.cv --jobs 2 --config configs/resnet.yaml ...   (folds as 2 concurrent processes: CPUs)
     python -m ravdess_dist.cv summarize RUN_DIR_OR_METRICS_JSON... --out DIR   (e.g. after a SLURM array)
+    python -m ravdess_dist.cv ensemble CV_DIR CV_DIR... --out DIR   (fold K = the ensemble of every CV_DIR/foldK)
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ import numpy as np
 import yaml
 
 from ravdess_dist.config import load_config, to_dict
+from ravdess_dist.ensemble import write_ensemble
 from ravdess_dist.evaluate import plot_confusion
 from ravdess_dist.metrics import summarize as summarize_cm
 from ravdess_dist.trainer import training_function
@@ -109,6 +111,16 @@ def run_folds_concurrently(argv: list[str], folds: int, name: str, output_dir: P
     return load_metrics([output_dir / name / f"fold{f}" for f in range(folds)])
 
 
+def ensemble_folds(cv_dirs: list[Path], out: Path) -> list[dict]:
+    """Fold by fold, the ensemble of the CV runs in CV_DIRS (e.g. one recipe trained with several seeds): OUT/foldK
+    holds the ensemble of every CV_DIR/foldK. The runs must have the same folds (same test actors, same classes)."""
+    folds = [sorted(p.name for p in d.glob("fold*") if (p / "best.pt").is_file()) for d in cv_dirs]
+    if not folds[0] or any(f != folds[0] for f in folds):
+        raise ValueError("the cross-validation runs must hold the same finished folds (best.pt): "
+                         + "; ".join(f"{d}: {f or 'none'}" for d, f in zip(cv_dirs, folds)))
+    return [write_ensemble([d / fold for d in cv_dirs], out / fold, name=f"{out.name}/{fold}") for fold in folds[0]]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train every fold in turn in this process (or JOBS fold processes at a time, or only summarise finished runs)
     and write the summary."""
@@ -121,6 +133,18 @@ def main(argv: list[str] | None = None) -> None:
         first = args.runs[0] if args.runs[0].is_dir() else args.runs[0].parent
         config = yaml.safe_load((first / "config.yaml").read_text()) if (first / "config.yaml").is_file() else None
         summarize(load_metrics(args.runs), args.out, config)
+        return
+    if argv[:1] == ["ensemble"]:
+        ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv ensemble")
+        ap.add_argument("cv_dirs", type=Path, nargs="+", help="cross-validation folders (with fold0, fold1, ...)")
+        ap.add_argument("--out", type=Path, required=True)
+        args = ap.parse_args(argv[1:])
+        try:
+            results = ensemble_folds(args.cv_dirs, args.out)
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f"error: {err}")
+        config = yaml.safe_load((args.cv_dirs[0] / "fold0" / "config.yaml").read_text())
+        summarize(results, args.out, {"ensemble_of": [str(d) for d in args.cv_dirs], **config})
         return
     jobs, argv = pop_jobs(argv)
     try:

@@ -71,6 +71,17 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None) -> tuple[dic
     return result, cm
 
 
+def write_ensemble(runs: list[Path], out: Path, shards: Path | None = None, name: str | None = None) -> dict:
+    """Score the ensemble of RUNS; write OUT/metrics.json (run NAME, default OUT's name) and OUT/confusion_matrix.png."""
+    result, cm = evaluate_ensemble(runs, shards)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"run": name or out.name, **result}
+    write_json(out / "metrics.json", metrics)
+    plot_confusion(cm, result["classes"], f"ensemble of {len(runs)}: test UA {result['test']['ua']:.3f}").savefig(
+        out / "confusion_matrix.png")
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score the ensemble of the given runs and write its metrics."""
     ap = argparse.ArgumentParser(prog="python -m ravdess_dist.ensemble", description=__doc__,
@@ -80,15 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=Path, help="shard root (default: the one each run was trained on)")
     args = ap.parse_args(argv)
     try:
-        result, cm = evaluate_ensemble(args.runs, args.shards)
+        result = write_ensemble(args.runs, args.out, args.shards)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "metrics.json", {"run": args.out.name, **result})
     test = result["test"]
-    plot_confusion(cm, result["classes"], f"ensemble of {len(args.runs)}: test UA {test['ua']:.3f}").savefig(
-        args.out / "confusion_matrix.png")
     members = " ".join(f"{m['ua']:.3f}" for m in result["members"])
     print(f"ensemble of {len(args.runs)} on actors {result['test_actors']}: WA {test['wa']:.3f} UA {test['ua']:.3f} "
           f"macro-F1 {test['macro_f1']:.3f} (members' UA: {members})")

@@ -532,7 +532,8 @@ def test_ensemble_of_two_runs_and_predict_with_both(trained, setup, tmp_path):
 
 def test_cross_validation_with_concurrent_fold_processes(setup):
     """cv --jobs 2: three folds as train.py processes, two at a time, each with its log; the same summary as in one
-    process (every actor tested once). A fold that fails makes cv exit non-zero, naming the fold and its log."""
+    process (every actor tested once). A fold that fails makes cv exit non-zero, naming the fold and its log.
+    `cv ensemble` scores the folds' ensembles and refuses runs whose finished folds differ."""
     tmp, shards, config = setup
     proc = run_python(["-m", "ravdess_dist.cv", "--jobs", "2",
                        *train_args(tmp, shards, config, "cvj", "--folds", "3", "--epochs", "1")])
@@ -544,6 +545,18 @@ def test_cross_validation_with_concurrent_fold_processes(setup):
     bad = run_python(["-m", "ravdess_dist.cv", "--jobs=2", *train_args(tmp, shards, config, "cvbad", "--folds", "3",
                                                                       "--epochs", "1", "--shards", str(tmp / "none"))])
     assert bad.returncode != 0 and "fold(s) [0, 1, 2] failed" in bad.stderr and "cvbad/fold0.log" in bad.stderr
+    # `cv ensemble`, fold by fold: an ensemble of a run with itself is that run, on every fold
+    models = tmp / "models"
+    ens = run_python(["-m", "ravdess_dist.cv", "ensemble", str(models / "cvj"), str(models / "cvj"), "--out",
+                      str(tmp / "ens")])
+    assert ens.returncode == 0, ens.stderr[-3000:]
+    ensembled = json.loads((tmp / "ens/summary.json").read_text())
+    assert [r["run"] for r in ensembled["runs"]] == ["ens/fold0", "ens/fold1", "ens/fold2"]
+    assert [r["ua"] for r in ensembled["runs"]] == pytest.approx([r["ua"] for r in summary["runs"]], abs=1e-9)
+    assert (tmp / "ens/fold1/confusion_matrix.png").is_file() and "ensemble_of" in (tmp / "ens/config.yaml").read_text()
+    mismatch = run_python(["-m", "ravdess_dist.cv", "ensemble", str(models / "cvj"), str(models / "cvbad"), "--out",
+                           str(tmp / "ens-bad")])
+    assert mismatch.returncode != 0 and "same finished folds" in mismatch.stderr and "cvbad: none" in mismatch.stderr
 
 
 def test_cross_validation_with_two_processes_finishes_every_fold(setup):
