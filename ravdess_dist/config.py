@@ -52,7 +52,8 @@ HELP = {
     "test_actors": "explicit test actors instead of folds",
     "val_actors": "explicit validation actors instead of folds",
     "seed": "random seed",
-    "num_workers": "data-loader worker processes per rank",
+    "num_workers": "data-loader worker processes per rank (device backend on a CPU: > 0 computes the training batches "
+                   "ahead in a thread)",
     "device": "auto: the GPU when torch can use one, an error when GPUs are there but unusable, else the CPU",
     "train_intensities": "training clips: the selected intensity only (same) or both intensities (both)",
     "eval_crops": "crops averaged per clip at evaluation",

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ravdess_dist.augment import AugmentConfig
+from ravdess_dist.data import device_path
 from ravdess_dist.data.device_path import read_shard
 from ravdess_dist.evaluate import window_average
 from ravdess_dist.features import FeatureConfig, span_crop_starts
@@ -64,10 +65,27 @@ def test_training_batches_with_speed_and_span_replay(shards):  # noqa: F811
     assert all(torch.equal(a.features, b.features) for a, b in zip(*passes))
 
 
+def test_prefetch_thread_only_on_the_cpu_with_workers(shards, monkeypatch):  # noqa: F811
+    """num_workers > 0 on the CPU: the training batches are computed 2 ahead in a thread; num_workers=0: inline."""
+    depths, original = [], device_path.prefetched
+
+    def recording(batches, depth):
+        depths.append(depth)
+        return original(batches, depth)
+
+    monkeypatch.setattr(device_path, "prefetched", recording)
+    for workers in (2, 0):
+        ldr = loader("device", shards, "strong", 16, train=True, features=FeatureConfig(clip_seconds=1.0),
+                     num_workers=workers)
+        next(iter(ldr))
+    assert depths == [device_path.PREFETCH, 0] and device_path.PREFETCH > 0
+
+
 def test_training_batches_do_not_depend_on_the_global_generator(shards):  # noqa: F811
     """Crops, speed, noise and shift come from the loader's generators seeded by (seed, epoch, rank): on the CPU they
     are computed in a prefetch thread while the training thread draws dropout and SpecAugment from torch's global
-    generator, so the batches must be the same whatever that generator does, and must leave it untouched."""
+    generator, so the batches must be the same whatever that generator does, must leave it untouched, and must equal
+    those computed in the training thread (num_workers=0)."""
     feats = FeatureConfig(clip_seconds=1.0, speech_top_db=40.0)
     aug = AugmentConfig(speed=(0.9, 1.1), noise_p=1.0, freq_masks=0, time_masks=0)
     ldr = loader("device", shards, "normal", 16, train=True, augment=aug, features=feats)
@@ -79,6 +97,9 @@ def test_training_batches_do_not_depend_on_the_global_generator(shards):  # noqa
         passes.append([b.features for b in ldr])
         assert torch.equal(torch.get_rng_state(), before)
     assert all(torch.equal(a, b) for a, b in zip(*passes))
+    inline = loader("device", shards, "normal", 16, train=True, augment=aug, features=feats, num_workers=0)
+    inline.set_epoch(3)  # num_workers=0: no prefetch thread, the same batches
+    assert all(torch.equal(a.features, b) for a, b in zip(inline, passes[0]))
     ldr.set_epoch(4)
     assert not torch.equal(next(iter(ldr)).features, passes[0][0])  # another epoch, other draws
 

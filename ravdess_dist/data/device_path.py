@@ -11,8 +11,9 @@ and turned into features there.
   seeded by (seed, epoch, rank), and noise and shift from a second one on the device seeded alike, so an epoch replays
   exactly whoever computes it; only SpecAugment (in `ShardLoader.finish`, in the training thread) draws from torch's
   global generator, which the trainer seeds per epoch (and restores on a mid-epoch resume).
-- On a CPU the training batches are computed PREFETCH batches ahead in a thread (`data.prefetch`), overlapping the
-  model's step as the torch backend's worker processes do; on a GPU they are queued on its stream in order.
+- On a CPU with `num_workers` > 0 the training batches are computed PREFETCH batches ahead in one thread
+  (`data.prefetch`), overlapping the model's step as the torch backend's worker processes do; `num_workers: 0` computes
+  them in the training thread (the same batches). On a GPU they are queued on its stream in order.
 - Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span) are computed on the
   first pass and kept: they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate`
   averages the K windows' probabilities.
@@ -34,7 +35,7 @@ from ravdess_dist.features import Frontend, span_crop_starts, span_windows, spee
 from shards.audio import PCM16_SCALE
 
 CHUNK = 64  # clips per feature call: bounds the intermediate tensors of evaluation passes
-PREFETCH = 2  # training batches computed ahead in a thread when the device is the CPU
+PREFETCH = 2  # training batches computed ahead in a thread when the device is the CPU and num_workers > 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -120,7 +121,8 @@ class DeviceLoader(ShardLoader):
     def raw_batches(self):
         """Training: endless full batches from this epoch's part; evaluation: the cached windows of the part, once."""
         if self.train:
-            yield from prefetched(self.train_batches(), PREFETCH if self.device.type == "cpu" else 0)
+            ahead = PREFETCH if self.device.type == "cpu" and self.num_workers > 0 else 0
+            yield from prefetched(self.train_batches(), ahead)
             return
         if self.eval_cache is None:
             self.eval_cache = list(self.eval_batches())
