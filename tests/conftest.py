@@ -12,8 +12,8 @@ pytest_plugins = ["tests.slurm_cluster"]
 SHARED_FIXTURES = {
     (None, "slurm_cluster"): "slurm",
     ("test_doctor.py", "report"): "doctor",
-    ("test_trainer.py", "trained"): "trainer-trained",
-    ("test_trainer.py", "ddp"): "trainer-ddp",
+    ("test_trainer.py", "trained"): "trainer-runs",  # one test uses both runs: one group for the two
+    ("test_trainer.py", "ddp"): "trainer-runs",
     ("test_loaders.py", "shards"): "loaders-sample",
     ("test_device_path.py", "shards"): "device-path-sample",  # the same fixture, imported: one instance per module
 }
@@ -36,7 +36,7 @@ def xdist_group(item: pytest.Item) -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if group := xdist_group(item):
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark each test as it is collected: xdist turns the marks into the nodeids' "@group" afterwards."""
+    if group := xdist_group(item):
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -1,21 +1,27 @@
 """The xdist grouping in tests/conftest.py: every shared fixture it names still exists and groups its tests."""
+import importlib
+
 from tests.conftest import SHARED_FIXTURES, xdist_group
 
 
-def test_every_shared_fixture_groups_the_tests_that_use_it(request):
-    """A renamed fixture or module would silently split its tests over workers (and build the fixture twice, or start
-    two SLURM clusters): each SHARED_FIXTURES entry must match collected tests, all of them in its group."""
-    items = request.session.items
+def test_every_shared_fixture_still_exists():
+    """A renamed fixture or module would silently split its tests over workers (the fixture built twice, two SLURM
+    clusters): each SHARED_FIXTURES entry must name a fixture its module defines or imports."""
+    for (module, fixture) in SHARED_FIXTURES:
+        source = importlib.import_module(f"tests.{module.removesuffix('.py')}" if module else "tests.slurm_cluster")
+        assert callable(getattr(source, fixture, None)), f"{source.__name__} has no fixture {fixture!r}"
+
+
+def test_the_tests_of_a_shared_fixture_share_one_group(request):
+    """Every collected test that uses a shared fixture carries its group's mark; under `--dist loadgroup` xdist has
+    seen the mark in time (the nodeid ends with @GROUP), so the group's tests run on one worker, one after another."""
+    loadgroup = request.config.getvalue("loadgroup")
     for (module, fixture), group in SHARED_FIXTURES.items():
-        users = [i for i in items if fixture in i.fixturenames and module in (None, i.path.name)]
-        if module is None and not users:
-            continue  # a -k selection without SLURM tests
-        if module is not None and not any(i.path.name == module for i in items):
-            continue  # the module is not part of this selection
-        assert users, f"no collected test in {module} uses the fixture {fixture!r} named in SHARED_FIXTURES"
-        assert {xdist_group(i) for i in users} == {group}, (module, fixture)
-        marks = {m.kwargs.get("name") or m.args[0] for i in users for m in i.iter_markers("xdist_group")}
-        assert marks == {group}, (module, fixture, marks)
+        users = [i for i in request.session.items if fixture in i.fixturenames and module in (None, i.path.name)]
+        assert {xdist_group(i) for i in users} <= {group}, (module, fixture)
+        for item in users:
+            assert [m.kwargs.get("name") or m.args[0] for m in item.iter_markers("xdist_group")] == [group]
+            assert not loadgroup or item.nodeid.endswith(f"@{group}"), item.nodeid
 
 
 def test_tests_without_a_shared_fixture_are_balanced_freely(request):
