@@ -15,7 +15,7 @@ def test_every_shared_fixture_still_exists():
 def test_the_tests_of_a_shared_fixture_share_one_group(request):
     """Every collected test that uses a shared fixture carries its group's mark; under `--dist loadgroup` xdist has
     seen the mark in time (the nodeid ends with @GROUP), so the group's tests run on one worker, one after another."""
-    loadgroup = request.config.getvalue("loadgroup")
+    loadgroup = getattr(request.config.option, "loadgroup", False)  # set on xdist workers only
     for (module, fixture), group in SHARED_FIXTURES.items():
         users = [i for i in request.session.items if fixture in i.fixturenames and module in (None, i.path.name)]
         assert {xdist_group(i) for i in users} <= {group}, (module, fixture)
