@@ -3,8 +3,6 @@ import logging
 import os
 from pathlib import Path
 
-import librosa
-import librosa.display
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,6 +12,7 @@ from matplotlib.patches import Patch
 from preprocess.clip_stats import ANALYSIS_RATE, STATS, compute_clip_stats
 from shards.atomic import write_text
 from shards.audio import read_mono
+from shards.librosa_import import librosa
 from shards.labels import EMOTIONS, INTENSITIES
 
 matplotlib.use("Agg")  # draw into files only: no display is needed (pyplot switches even if already imported)
@@ -167,6 +166,8 @@ def plot_waveforms(examples: list[tuple[str, str, np.ndarray]], path: Path) -> N
 
 def plot_logmel(examples: list[tuple[str, str, np.ndarray]], path: Path) -> None:
     """One log-mel spectrogram panel per emotion example (N_MELS bands, dB relative to each clip's maximum)."""
+    import librosa.display  # here, not at the top: it imports librosa.core, which must come from shards.librosa_import
+
     fig, axes = example_grid(len(examples))
     for ax, (emotion, key, audio) in zip(axes.flat, examples):
         mel = librosa.feature.melspectrogram(y=audio, sr=ANALYSIS_RATE, n_fft=MEL_FFT, hop_length=MEL_HOP,

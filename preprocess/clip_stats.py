@@ -5,14 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from librosa import amplitude_to_db, yin  # imported by name (not lazily) so forked workers inherit them loaded
-from librosa.feature import rms
 from tqdm import tqdm
 
 from preprocess.tables import write_csv
 from shards.audio import read_mono
+from shards.librosa_import import librosa
 
 log = logging.getLogger(__name__)
+amplitude_to_db, yin, rms = librosa.amplitude_to_db, librosa.yin, librosa.feature.rms  # forked workers inherit them
 
 ANALYSIS_RATE = 16000  # Hz: every clip is analysed at the shards' default rate
 FRAME, HOP = 1024, 512  # samples at ANALYSIS_RATE: 64 ms frames, 32 ms hop (16 ms doubles the cost, same medians)

@@ -37,7 +37,7 @@ NOTEBOOK = {"sr": 48000, "offset": 0.5, "duration": 3.0, "n_mfcc": 40, "n_fft": 
 
 def notebook_pass(paths: list[Path], device: torch.device) -> int:
     """The original notebook's features: librosa.load at 48 kHz (3 s from 0.5 s) and 40 MFCCs, clip by clip."""
-    import librosa
+    from shards.librosa_import import librosa
 
     for path in paths:
         y, sr = librosa.load(path, sr=NOTEBOOK["sr"], offset=NOTEBOOK["offset"], duration=NOTEBOOK["duration"])

@@ -2,8 +2,9 @@
 import argparse
 from pathlib import Path
 
-import librosa
 import soundfile as sf
+
+from shards.librosa_import import librosa
 
 
 def main() -> None:

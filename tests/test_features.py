@@ -1,11 +1,11 @@
 """Feature front end: torchaudio log-mel/MFCC against librosa on real speech, float32 under autocast, fixed-length crops."""
-import librosa
 import numpy as np
 import pytest
 import torch
 
 from ravdess_dist.features import FeatureConfig, Frontend, crop_or_pad, span_windows, speech_span
 from shards.audio import read_mono
+from shards.librosa_import import librosa
 from tests.corpus import SAMPLE
 
 CLIP = SAMPLE / "Actor_01" / "03-01-05-02-01-01-01.flac"  # angry, strong: a wide dynamic range
