@@ -44,6 +44,8 @@ HELP = {
     "warmup_epochs": "linear learning-rate warm-up, in epochs",
     "grad_clip": "gradient-norm clipping threshold",
     "label_smoothing": "label smoothing of the cross-entropy loss, in [0, 1)",
+    "ema_decay": "keep an exponential moving average of the weights (e.g. 0.995 per step), validate, test and save "
+                 "it instead of the raw weights; 0 = off",
     "class_weights": "inverse-frequency class weights in the loss",
     "mixed_precision": "auto: bf16 on GPU, no on CPU",
     "patience": "early stopping: epochs without a better validation UA",
@@ -96,6 +98,7 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0
     class_weights: bool = False
     mixed_precision: str = "auto"
     patience: int = 15
@@ -124,8 +127,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_workers", "patience", "eval_crops"):
             if getattr(self, name) < (0 if name == "num_workers" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
-            raise ValueError("lr must be > 0, label_smoothing in [0, 1), warmup_epochs >= 0")
+        if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError("lr must be > 0, label_smoothing and ema_decay in [0, 1), warmup_epochs >= 0")
         device_only = {"features.speech_top_db": self.features.speech_top_db is not None,
                        "eval_crops > 1": self.eval_crops > 1,
                        "speaker_norm": self.speaker_norm}

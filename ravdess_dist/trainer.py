@@ -12,6 +12,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import TorchDynamoPlugin, broadcast_object_list, gather_object, set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -32,7 +33,7 @@ class Preempted(SystemExit):
 
 STOP = {"signal": 0}
 STOP_CHECK_EVERY = 8  # steps between looks at the preemption flag (a collective and a host sync); the last step always looks
-RESUME_KEYS = ("model", "intensity", "train_intensities", "seed", "model_args", "features")  # and the split's actors
+RESUME_KEYS = ("model", "intensity", "train_intensities", "seed", "model_args", "features", "ema_decay")  # + actors
 
 
 def _on_signal(signum, _frame):
@@ -188,6 +189,14 @@ def make_optimizer(cfg: TrainConfig, model, steps_per_epoch: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def average_of(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of MODEL's weights and buffers (BatchNorm statistics too), updated after every
+    optimiser step; None when DECAY is 0. Its step counter stays on the CPU, so an update never waits for the GPU."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True).eval()
+
+
 class Run:
     """One training run's state and outputs; `fit()` trains, `test()` evaluates the best model on the test actors."""
 
@@ -229,6 +238,7 @@ class Run:
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
         # the loaders already split by rank: only the model and optimizer go through prepare() (DDP, then compile)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.ema = average_of(self.bare_model(), cfg.ema_decay)
         self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
         self.epoch_loss_sum = 0.0  # summed step losses of the epoch so far: a resumed epoch reports all its steps
         self.weight_checksums: list[float] = []
@@ -272,9 +282,21 @@ class Run:
         """The model without its DDP and torch.compile wrappers: its state dict has the plain parameter names."""
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
+    def saved_model(self) -> torch.nn.Module:
+        """The weights that are validated, tested and saved as `model` (what predict and ensembles load): the moving
+        average when ema_decay > 0, else the trained model itself."""
+        return self.ema.module if self.ema is not None else self.bare_model()
+
+    def evaluated_model(self) -> torch.nn.Module:
+        """What validation and test run: saved_model(), through DDP and torch.compile when it is the trained model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def restore(self, state: dict) -> None:
-        """Load model, optimizer, scheduler, scaler and progress from a checkpoint."""
-        self.bare_model().load_state_dict(state["model"])
+        """Load model, optimizer, scheduler, scaler, the weights' average and progress from a checkpoint."""
+        if self.ema is not None:  # `model` holds the average, `train_model` the weights the optimiser works on
+            self.ema.module.load_state_dict(state["model"])
+            self.ema.n_averaged.fill_(state["ema_updates"])
+        self.bare_model().load_state_dict(state["train_model"] if self.ema is not None else state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.accelerator.scaler is not None and state.get("scaler"):
@@ -289,8 +311,10 @@ class Run:
         if not self.accelerator.is_main_process:
             return
         scaler = self.accelerator.scaler
+        average = {} if self.ema is None else {"train_model": self.bare_model().state_dict(),
+                                               "ema_updates": int(self.ema.n_averaged)}
         save_checkpoint(self.run_dir / f"{name}.pt", {
-            "model": self.bare_model().state_dict(),
+            "model": self.saved_model().state_dict(), **average,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng,
             "epoch": self.epoch, "step": self.step_in_epoch, "epoch_loss_sum": self.epoch_loss_sum,
@@ -367,6 +391,8 @@ class Run:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.bare_model())
         return loss.detach()
 
     def log_epoch(self, train: dict, val: dict) -> None:
@@ -395,7 +421,7 @@ class Run:
             train = self.train_epoch()
             self.seconds["train_steps"] = self.seconds.get("train_steps", 0.0) + train["seconds"]
             with self.timed("validation"):
-                val, _, _ = evaluate(self.model, self.val_loader, self.accelerator, self.classes)
+                val, _, _ = evaluate(self.evaluated_model(), self.val_loader, self.accelerator, self.classes)
             self.log_epoch(train, val)
             self.history.append({"epoch": self.epoch, **train, **{f"val_{k}": v for k, v in val.items() if k != "recall"}})
             improved = val["ua"] > self.best["ua"]
@@ -426,9 +452,9 @@ class Run:
         with self.timed("test"):
             weights = from_main(acc, lambda: load_checkpoint(best)["model"] if best.is_file() else None)
             if weights is not None:
-                self.bare_model().load_state_dict(weights)
-            self.test_weight_checksums = gather_object([weights_checksum(self.bare_model().state_dict())])
-            test, cm, rows = evaluate(self.model, self.test_loader, acc, self.classes)
+                self.saved_model().load_state_dict(weights)
+            self.test_weight_checksums = gather_object([weights_checksum(self.saved_model().state_dict())])
+            test, cm, rows = evaluate(self.evaluated_model(), self.test_loader, acc, self.classes)
         metrics = {"run": self.cfg.run_name, "model": self.cfg.model, "intensity": self.cfg.intensity,
                    "classes": self.classes, "split": vars(self.split), "best_epoch": self.best["epoch"],
                    "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),

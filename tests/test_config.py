@@ -263,6 +263,7 @@ def test_precedence_for_sections_and_model_args(yaml_file):
     (["--model", "nope"], ["--model", "nope"]),
     (["--epochs"], ["--epochs"]),
     (["model=nope"], ["model", "nope"]),
+    (["ema_decay=1.0"], ["ema_decay", "[0, 1)"]),
     (["config=x.yaml"], ["'config'", "top-level"]),
 ])
 def test_errors_are_one_line_value_errors_naming_the_key(yaml_file, argv, needles):

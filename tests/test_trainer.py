@@ -17,7 +17,7 @@ from ravdess_dist.data.contract import SHUFFLE_BUFFER
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.features import FeatureConfig
 from ravdess_dist.models import create_model
-from ravdess_dist.trainer import Preempted, Run
+from ravdess_dist.trainer import Preempted, Run, weights_checksum
 from shards.manifest import Manifest
 from tests.corpus import tone
 from tests.trainer_fixtures import TINY, run_python, tiny_config, tiny_shards, train_args
@@ -179,21 +179,26 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(trained, setup):
 
 
 DEVICE_LEVERS = ("--backend", "device", "features.speech_top_db=30", "eval_crops=3", "augment.speed=[0.9,1.0,1.1]",
-                 "augment.mixup_alpha=0.2", "--speaker-norm")
+                 "augment.mixup_alpha=0.2", "--speaker-norm", "ema_decay=0.9")
 
 
 def test_device_backend_with_every_lever_resumes_exactly(setup):
     """The device backend with every lever (crops in the speech span, 3 evaluation windows, speed perturbation, mixup,
-    transductive speaker normalisation): trains above chance on the tones, tests every clip once, and metrics.json says
-    the run used the test actors' audio. SIGTERM in the middle of epoch 1, resume: the uninterrupted run's every loss,
-    its weights and its test metrics, exactly (the epoch's order, crops, speed factors, noise and shifts come from the
-    loader's own seeded generators, computed in a prefetch thread on the CPU; masks and mixup from the RNG state the
-    checkpoint holds)."""
+    transductive speaker normalisation, a moving average of the weights): trains above chance on the tones, tests every
+    clip once, and metrics.json says the run used the test actors' audio. The checkpoints' `model` is the average,
+    which is what was tested; `train_model` the weights the optimiser worked on. SIGTERM in the middle of epoch 1,
+    resume: the uninterrupted run's every loss, its weights, their average and its test metrics, exactly (the epoch's
+    order, crops, speed factors, noise and shifts come from the loader's own seeded generators, computed in a prefetch
+    thread on the CPU; masks and mixup from the RNG state the checkpoint holds)."""
     full = train(setup, "dev-full", "--epochs", "3", *DEVICE_LEVERS)
     assert full.returncode == 0, full.stderr[-3000:]
     a = metrics(setup, "dev-full")
     assert a["transductive"] is True and a["test"]["clips"] == 32 * len(a["split"]["test"])
     assert all(math.isfinite(h["loss"]) for h in a["history"]) and a["test"]["ua"] > 0.2
+    best = load_checkpoint(setup[0] / "models/dev-full/best.pt")
+    assert best["ema_updates"] == 8 * best["epoch"]  # one update per step of the epochs up to the best one
+    assert a["test_weight_checksums"] == [weights_checksum(best["model"])]  # the average was tested...
+    assert weights_checksum(best["model"]) != weights_checksum(best["train_model"])  # ...not the trained weights
     # SIGTERM before step 3 of epoch 1 (8 steps per epoch), the flag looked at every 2 steps: saved after step 4
     cut = train(setup, "dev-cut", "--epochs", "3", *DEVICE_LEVERS, signal_at=(8 + 3, "SIGTERM", 2))
     assert cut.returncode == 143, cut.stderr[-2000:]
@@ -204,6 +209,7 @@ def test_device_backend_with_every_lever_resumes_exactly(setup):
     b = metrics(setup, "dev-cut")
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     assert a["weight_checksums"] == b["weight_checksums"] and a["test"] == b["test"]
+    assert a["test_weight_checksums"] == b["test_weight_checksums"]  # the same average after the resume
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(setup):
