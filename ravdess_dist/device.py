@@ -183,13 +183,34 @@ def gpu_unusable_message(gpus: list[str], driver: str | None, requested: str = "
             + f" {fix}; or pass --device cpu to train on the CPU on purpose.")
 
 
+SLURM_GPU_VARS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE")  # set by SLURM for a GPU allocation
+
+
+def slurm_gpu_allocation() -> str | None:
+    """The SLURM variable saying this job or step was given GPUs on this node ("SLURM_JOB_GPUS='0,1'"), or None."""
+    for name in SLURM_GPU_VARS:
+        value = os.environ.get(name, "").strip()
+        if value and value not in ("0", "-1", "NoDevFiles"):
+            return f"{name}={value!r}"
+    return None
+
+
+def slurm_gpus_unusable_message(allocation: str, requested: str = "auto") -> str:
+    """The error when SLURM allocated GPUs but this process can see none (no nvidia-smi, no device files)."""
+    return (f"--device {requested}: SLURM allocated GPUs to this job ({allocation}), but this process sees no NVIDIA "
+            f"GPU (no nvidia-smi on PATH, no /dev/nvidiaN) and torch {torch.__version__} (CUDA build "
+            f"{torch.version.cuda}) finds none: the node's driver or the job's device access (cgroups) is not set up. "
+            "Ask the cluster's admins, or pass --device cpu to train on the CPU on purpose.")
+
+
 def resolve_device(choice: str, dev_root: str | os.PathLike = "/dev", path: str | None = None) -> str:
     """The device to train on for `--device CHOICE`: "cuda" or "cpu".
 
     "cpu": always "cpu". "cuda": "cuda" if torch can use a GPU, else RuntimeError. "auto": "cuda" if torch can use a
-    GPU; "cpu" if no GPU is visible at all (nvidia-smi, DEV_ROOT/nvidiaN, within CUDA_VISIBLE_DEVICES); RuntimeError
-    when GPUs are visible but torch cannot use them (a driver too old for torch's CUDA build, typically). The error's
-    message names the GPUs, the driver, torch's CUDA build and the fix.
+    GPU; "cpu" if no GPU is visible at all (nvidia-smi, DEV_ROOT/nvidiaN, within CUDA_VISIBLE_DEVICES) and SLURM
+    allocated none; RuntimeError when GPUs are visible but torch cannot use them (a driver too old for torch's CUDA
+    build, typically), or when SLURM allocated GPUs that this process cannot see at all. The error's message names the
+    GPUs (or the SLURM allocation), the driver, torch's CUDA build and the fix.
     """
     if choice not in ("auto", "cuda", "cpu"):
         raise ValueError(f"--device must be auto, cuda or cpu, not {choice!r}")
@@ -198,6 +219,9 @@ def resolve_device(choice: str, dev_root: str | os.PathLike = "/dev", path: str 
     if torch.cuda.is_available():
         return "cuda"
     gpus = visible_gpus(dev_root, path)
+    allocation = slurm_gpu_allocation()
+    if not gpus and allocation:
+        raise DeviceUnusable(slurm_gpus_unusable_message(allocation, choice))
     if choice == "auto" and not gpus:
         return "cpu"
     raise DeviceUnusable(gpu_unusable_message(gpus, driver_version(path=path), choice))

@@ -37,9 +37,11 @@ exit {rc}
 
 @pytest.fixture
 def no_cuda(monkeypatch):
-    """torch cannot use any GPU, as with a driver too old for its CUDA build; CUDA_VISIBLE_DEVICES unset."""
+    """torch cannot use any GPU, as with a driver too old for its CUDA build; CUDA_VISIBLE_DEVICES unset, and no
+    SLURM GPU allocation (also when the tests themselves run in a SLURM job)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for name in ("CUDA_VISIBLE_DEVICES", *device.SLURM_GPU_VARS):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -85,6 +87,24 @@ def test_no_gpu_anywhere_gives_cpu_for_auto_and_an_error_for_cuda(no_smi):
     assert resolve_device("auto", dev_root=no_smi) == "cpu"
     with pytest.raises(RuntimeError, match="no NVIDIA GPU visible.*--device cpu"):
         resolve_device("cuda", dev_root=no_smi)
+
+
+@pytest.mark.parametrize("name, value", [("SLURM_JOB_GPUS", "0,1"), ("SLURM_STEP_GPUS", "2"),
+                                         ("SLURM_GPUS_ON_NODE", "4")])
+def test_slurm_gpu_allocation_nobody_can_see_is_an_error(no_smi, monkeypatch, name, value):
+    """SLURM gave the job GPUs, but no nvidia-smi, no /dev/nvidiaN and no CUDA here: an error naming the allocation,
+    not a silent CPU run; --device cpu still runs on the CPU on purpose."""
+    monkeypatch.setenv(name, value)
+    for choice in ("auto", "cuda"):
+        with pytest.raises(RuntimeError, match=f"SLURM allocated GPUs to this job \\({name}='{value}'\\).*--device cpu"):
+            resolve_device(choice, dev_root=no_smi)
+    assert resolve_device("cpu", dev_root=no_smi) == "cpu"
+
+
+def test_slurm_job_without_gpus_runs_on_the_cpu(no_smi, monkeypatch):
+    """A SLURM job that was given no GPU (SLURM_GPUS_ON_NODE=0) is an ordinary CPU run."""
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
+    assert resolve_device("auto", dev_root=no_smi) == "cpu"
 
 
 def test_device_files_count_as_gpus_without_nvidia_smi(no_smi):
