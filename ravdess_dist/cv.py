@@ -121,31 +121,34 @@ def ensemble_folds(cv_dirs: list[Path], out: Path) -> list[dict]:
     return [write_ensemble([d / fold for d in cv_dirs], out / fold, name=f"{out.name}/{fold}") for fold in folds[0]]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Train every fold in turn in this process (or JOBS fold processes at a time, or only summarise finished runs)
-    and write the summary."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["summarize"]:
-        ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv summarize")
-        ap.add_argument("runs", type=Path, nargs="+", help="run folders or metrics.json files")
-        ap.add_argument("--out", type=Path, required=True)
-        args = ap.parse_args(argv[1:])
-        first = args.runs[0] if args.runs[0].is_dir() else args.runs[0].parent
-        config = yaml.safe_load((first / "config.yaml").read_text()) if (first / "config.yaml").is_file() else None
-        summarize(load_metrics(args.runs), args.out, config)
-        return
-    if argv[:1] == ["ensemble"]:
-        ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv ensemble")
-        ap.add_argument("cv_dirs", type=Path, nargs="+", help="cross-validation folders (with fold0, fold1, ...)")
-        ap.add_argument("--out", type=Path, required=True)
-        args = ap.parse_args(argv[1:])
-        try:
-            results = ensemble_folds(args.cv_dirs, args.out)
-        except (FileNotFoundError, ValueError) as err:
-            sys.exit(f"error: {err}")
-        config = yaml.safe_load((args.cv_dirs[0] / "fold0" / "config.yaml").read_text())
-        summarize(results, args.out, {"ensemble_of": [str(d) for d in args.cv_dirs], **config})
-        return
+def summarize_main(argv: list[str]) -> None:
+    """`cv summarize RUN... --out DIR`: the summary of finished runs (run folders or their metrics.json)."""
+    ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv summarize")
+    ap.add_argument("runs", type=Path, nargs="+", help="run folders or metrics.json files")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    first = args.runs[0] if args.runs[0].is_dir() else args.runs[0].parent
+    config = yaml.safe_load((first / "config.yaml").read_text()) if (first / "config.yaml").is_file() else None
+    summarize(load_metrics(args.runs), args.out, config)
+
+
+def ensemble_main(argv: list[str]) -> None:
+    """`cv ensemble CV_DIR... --out DIR`: several cross-validations of the same folds averaged fold by fold."""
+    ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv ensemble")
+    ap.add_argument("cv_dirs", type=Path, nargs="+", help="cross-validation folders (with fold0, fold1, ...)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    try:
+        results = ensemble_folds(args.cv_dirs, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    config = yaml.safe_load((args.cv_dirs[0] / "fold0" / "config.yaml").read_text())
+    summarize(results, args.out, {"ensemble_of": [str(d) for d in args.cv_dirs], **config})
+
+
+def train_main(argv: list[str]) -> None:
+    """`cv [--jobs N] [train.py flags]`: train every fold in turn in this process (or N fold processes at a time) and
+    write the summary."""
     jobs, argv = pop_jobs(argv)
     try:
         cfg = load_config(argv)
@@ -166,6 +169,16 @@ def main(argv: list[str] | None = None) -> None:
         fold_cfg.folds, fold_cfg.fold, fold_cfg.run_name = cfg.folds, fold, f"{name}/fold{fold}"
         results.append(training_function(fold_cfg, last=fold == cfg.folds - 1))
     summarize(results, Path(cfg.output_dir) / name, to_dict(fold_cfg))
+
+
+SUBCOMMANDS = {"summarize": summarize_main, "ensemble": ensemble_main}  # anything else: train the folds
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch: `summarize` and `ensemble` work on finished runs; otherwise the arguments train the folds."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = SUBCOMMANDS.get(argv[0]) if argv else None
+    (command or train_main)(argv[1:] if command else argv)
 
 
 if __name__ == "__main__":
