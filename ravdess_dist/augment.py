@@ -123,13 +123,24 @@ def speed_ratio(factor: float) -> tuple[int, int]:
     return orig, new
 
 
-def speed_perturb(windows: Tensor, factor: float, length: int) -> Tensor:
-    """Windows [B, ~length * factor] played FACTOR times faster -> [B, length] (resampled, then cut or zero-padded)."""
-    if factor == 1.0:
-        out = windows
-    else:
-        orig, new = speed_ratio(factor)
-        out = torchaudio.functional.resample(windows, orig, new)
-    if out.shape[1] >= length:
-        return out[:, :length]
-    return torch.nn.functional.pad(out, (0, length - out.shape[1]))
+class SpeedPerturb(nn.Module):
+    """Windows [B, ~length * factor] played FACTOR times faster -> [B, length] (resampled, then cut or zero-padded).
+
+    One torchaudio Resample per factor, built once: its sinc kernel is a buffer that moves with the module.
+    torchaudio.functional.resample rebuilds the kernel on every call (a score of small kernels, and on a GPU a blocking
+    copy of a CPU scalar: a host sync per call)."""
+
+    def __init__(self, factors):
+        """A resampler for every factor other than 1 (factor 1 keeps the window itself)."""
+        super().__init__()
+        # keyed by the factor in percent; float32 kernels, as the functional resample builds them for float32 audio
+        self.resamplers = nn.ModuleDict({str(speed_ratio(f)[0]): torchaudio.transforms.Resample(*speed_ratio(f),
+                                                                                                dtype=torch.float32)
+                                         for f in factors if f != 1.0})
+
+    def forward(self, windows: Tensor, factor: float, length: int) -> Tensor:
+        """WINDOWS played FACTOR times faster, cut or zero-padded to LENGTH samples."""
+        out = windows if factor == 1.0 else self.resamplers[str(speed_ratio(factor)[0])](windows)
+        if out.shape[1] >= length:
+            return out[:, :length]
+        return torch.nn.functional.pad(out, (0, length - out.shape[1]))

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchaudio
 
-from ravdess_dist.augment import AugmentConfig, SpecAugment, WaveAugment, speed_perturb, speed_ratio
+from ravdess_dist.augment import AugmentConfig, SpecAugment, SpeedPerturb, WaveAugment, speed_ratio
 
 SR = 1000
 
@@ -88,14 +88,31 @@ def test_speed_perturbation_changes_length_and_pitch(factor):
     sr, length, freq = 16000, 16000, 440.0
     n = round(length * factor)
     window = torch.sin(2 * torch.pi * freq * torch.arange(n) / sr)[None]
-    out = speed_perturb(window, factor, length)
+    speed = SpeedPerturb([0.9, 1.0, 1.1])
+    out = speed(window, factor, length)
     assert out.shape == (1, length)
     raw = torchaudio.functional.resample(window, *speed_ratio(factor))
     assert abs(raw.shape[1] - n / factor) <= 1  # the resampled clip itself is factor times shorter
     peak = torch.fft.rfft(out[0, :length - 200]).abs().argmax().item() * sr / (length - 200)
     assert peak == pytest.approx(freq * factor, rel=0.01)
     full = torch.sin(2 * torch.pi * freq * torch.arange(length) / sr)[None]
-    assert torch.equal(speed_perturb(full, 1.0, length), full)  # factor 1: the window itself
+    assert torch.equal(speed(full, 1.0, length), full)  # factor 1: the window itself
+
+
+def test_speed_perturbation_keeps_its_kernels_and_equals_the_functional_resample():
+    """The resamplers are built once (their sinc kernels are buffers, moved with the module), and give exactly what
+    torchaudio.functional.resample gives, cut or zero-padded to the length."""
+    speed = SpeedPerturb([0.9, 1.0, 1.1])
+    assert sorted(speed.resamplers, key=int) == ["90", "110"]  # factor 1 needs none
+    kernels = [b.data_ptr() for b in speed.buffers()]
+    assert len(kernels) == 2
+    waves = torch.randn(3, 17600)
+    for factor in (0.9, 1.1):
+        raw = torchaudio.functional.resample(waves, *speed_ratio(factor))
+        out = speed(waves, factor, 16000)
+        expected = raw[:, :16000] if raw.shape[1] >= 16000 else torch.nn.functional.pad(raw, (0, 16000 - raw.shape[1]))
+        assert torch.equal(out, expected)
+    assert [b.data_ptr() for b in speed.buffers()] == kernels  # not rebuilt by the calls
 
 
 def test_speed_and_mixup_settings_are_checked():

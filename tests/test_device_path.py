@@ -5,10 +5,12 @@ import torch
 
 from ravdess_dist.augment import AugmentConfig
 from ravdess_dist.data import device_path
+from ravdess_dist.data.factory import make_loader
 from ravdess_dist.data.device_path import read_shard
 from ravdess_dist.evaluate import window_average
 from ravdess_dist.features import FeatureConfig, span_crop_starts
 from ravdess_dist.models import create_model
+from shards.manifest import Manifest
 from tests.test_loaders import collect, loader, shards  # noqa: F401  (shards is a fixture)
 
 
@@ -121,3 +123,24 @@ def test_the_corpus_is_decoded_once_per_process(shards):  # noqa: F811
     loader("device", shards, "strong", 16)
     after = read_shard.cache_info()
     assert after.misses == before.misses and after.hits == before.hits + 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
+@pytest.mark.parametrize("speaker_norm", [False, True])
+def test_training_epoch_makes_no_host_sync_on_the_gpu(shards, speaker_norm):  # noqa: F811
+    """On a GPU a training epoch of the device backend (speech spans, speed perturbation, noise, shift, SpecAugment)
+    only queues work: torch's sync debug mode turns any host sync (a blocking copy, .item(), nonzero) into an error.
+    The first batch is made before the check: its resamplers and caches warm up then."""
+    manifest = Manifest.load(shards)
+    ldr = make_loader("device", root=shards, entries=manifest.select("normal"),
+                      class_names=manifest.class_names("normal"), batch_size=16, train=True,
+                      features=FeatureConfig(clip_seconds=1.5, speech_top_db=40.0),
+                      augment=AugmentConfig(speed=(0.9, 1.0, 1.1)), device=torch.device("cuda"),
+                      speaker_norm=speaker_norm)
+    next(iter(ldr))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = list(ldr)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(batches) == len(ldr) and all(b.features.is_cuda and b.labels.is_cuda for b in batches)

@@ -13,7 +13,8 @@ and turned into features there.
   global generator, which the trainer seeds per epoch (and restores on a mid-epoch resume).
 - On a CPU with `num_workers` > 0 the training batches are computed PREFETCH batches ahead in one thread
   (`data.prefetch`), overlapping the model's step as the torch backend's worker processes do; `num_workers: 0` computes
-  them in the training thread (the same batches). On a GPU they are queued on its stream in order.
+  them in the training thread (the same batches). On a GPU they are queued on its stream in order, with no host sync:
+  the draws made on the CPU travel with non-blocking copies, and the speed resamplers' kernels are built once.
 - Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span) are computed on the
   first pass and kept: they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate`
   averages the K windows' probabilities.
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from ravdess_dist.augment import WaveAugment, speed_perturb
+from ravdess_dist.augment import SpeedPerturb, WaveAugment
 from ravdess_dist.data.contract import RawBatch, ShardLoader, decode, resample_pcm16, sub_seed
 from ravdess_dist.data.prefetch import prefetched
 from ravdess_dist.features import Frontend, span_crop_starts, span_windows, speech_span
@@ -77,9 +78,12 @@ class DeviceLoader(ShardLoader):
         self.audio = torch.from_numpy(np.concatenate(waves)).to(self.device)
         self.emotions = torch.tensor(emotions, dtype=torch.int64)
         self.actors = torch.tensor(actors, dtype=torch.int64)
+        self.device_actors = self.actors.to(self.device)
         self.spans = torch.tensor(spans, dtype=torch.int64).reshape(-1, 2).to(self.device)
         self.frontend = Frontend(replace(feats, normalize=False) if spec.speaker_norm else feats).to(self.device)
         self.wave_augment = WaveAugment(self.augment, feats.sample_rate).to(self.device) if self.augment else None
+        speeds = self.augment.speed if self.augment else None
+        self.speed_perturb = SpeedPerturb(speeds).to(self.device) if speeds else None
         self.speaker_stats = self.actor_statistics() if spec.speaker_norm else None
         self.eval_cache: list[RawBatch] | None = None
 
@@ -95,7 +99,7 @@ class DeviceLoader(ShardLoader):
         x = self.frontend(waves)
         if self.speaker_stats is not None:
             mean, std = self.speaker_stats
-            actors = self.actors[rows.cpu()].to(self.device)
+            actors = self.device_actors[rows]  # a lookup on the device: no round trip through the host
             x = (x - mean[actors]) / std[actors]
         return x
 
@@ -162,19 +166,23 @@ class DeviceLoader(ShardLoader):
     def train_batch(self, rows: torch.Tensor, generator: torch.Generator, noise: torch.Generator, length: int,
                     speeds) -> RawBatch:
         """One training batch of clips ROWS: random windows inside the speech span and speed factors (GENERATOR),
-        speed perturbation, noise and shift (NOISE, on the device), features."""
+        speed perturbation, noise and shift (NOISE, on the device), features.
+
+        The draws and the grouping by factor happen on the CPU; what the device needs of them is copied without
+        blocking (a blocking copy would wait for the device to finish the previous step: a host sync)."""
         factors = torch.ones(len(rows))
         if speeds:
             factors = torch.tensor(speeds)[torch.randint(len(speeds), (len(rows),), generator=generator)]
         draw = torch.rand(len(rows), generator=generator)
         waves = torch.empty(len(rows), length, device=self.device)
-        dev_rows = rows.to(self.device)
+        dev_rows, dev_draw = (t.to(self.device, non_blocking=True) for t in (rows, draw))
         for factor in factors.unique().tolist():
-            pick = (factors == factor).nonzero().flatten()
+            pick = (factors == factor).nonzero().flatten().to(self.device, non_blocking=True)
             need = round(length * factor)
-            r = dev_rows[pick.to(self.device)]
-            starts = span_crop_starts(self.lengths[r], self.spans[r], need, draw[pick].to(self.device))
-            waves[pick.to(self.device)] = speed_perturb(self.windows(r, starts, need), factor, length)
+            r = dev_rows[pick]
+            starts = span_crop_starts(self.lengths[r], self.spans[r], need, dev_draw[pick])
+            windows = self.windows(r, starts, need)
+            waves[pick] = windows if factor == 1.0 else self.speed_perturb(windows, factor, length)
         if self.wave_augment is not None:
             waves = self.wave_augment(waves, noise)
         return RawBatch(self.features_of(dev_rows, waves), self.emotions[rows], [self.keys[i] for i in rows.tolist()])
