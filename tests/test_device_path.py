@@ -144,3 +144,22 @@ def test_training_epoch_makes_no_host_sync_on_the_gpu(shards, speaker_norm):  # 
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(batches) == len(ldr) and all(b.features.is_cuda and b.labels.is_cuda for b in batches)
+
+
+def test_batches_computed_in_passes_are_the_batches_computed_one_by_one(shards):  # noqa: F811
+    """The GPU's passes of several batches (forced here on the CPU) give the same clips in the same order, the same
+    crops and speed factors, hence the same features where no noise or shift is drawn; full batches; an epoch replays."""
+    plain = AugmentConfig(noise_snr_db=None, time_shift_s=0.0, freq_masks=0, time_masks=0, speed=(0.9, 1.0, 1.1))
+    feats = FeatureConfig(clip_seconds=1.5, speech_top_db=40.0)
+    epochs = {}
+    for per_pass in (1, 4, 100):
+        ldr = loader("device", shards, "normal", 12, train=True, augment=plain, features=feats, num_workers=0)
+        ldr.batches_per_pass = per_pass
+        epochs[per_pass] = [list(ldr) for _ in range(2)]  # two passes over epoch 0: a replay
+    one = epochs[1][0]
+    assert len(one) == len(ldr) and all(b.features.shape[0] == 12 and b.valid.all() for b in one)
+    for per_pass, (first, again) in epochs.items():
+        assert [b.keys for b in first] == [b.keys for b in one], per_pass
+        assert all(torch.equal(a.features, b.features) for a, b in zip(first, again)), per_pass
+        for a, b in zip(first, one):
+            torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=0)

@@ -13,8 +13,11 @@ and turned into features there.
   global generator, which the trainer seeds per epoch (and restores on a mid-epoch resume).
 - On a CPU with `num_workers` > 0 the training batches are computed PREFETCH batches ahead in one thread
   (`data.prefetch`), overlapping the model's step as the torch backend's worker processes do; `num_workers: 0` computes
-  them in the training thread (the same batches). On a GPU they are queued on its stream in order, with no host sync:
-  the draws made on the CPU travel with non-blocking copies, and the speed resamplers' kernels are built once.
+  them in the training thread (the same batches). On a GPU they are queued on its stream in order, with no host sync
+  (the draws made on the CPU travel with non-blocking copies; the speed resamplers' kernels are built once), and
+  GPU_PASS batches at a time: one pass of windows, speed, noise, shift and log-mel over all their clips, so the
+  launches a batch costs shrink 16-fold (at batch 32 these small models' steps are bound by kernel launches). The
+  pass size changes only the device generator's noise and shift draws, never the order, crops or speed factors.
 - Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span) are computed on the
   first pass and kept: they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate`
   averages the K windows' probabilities.
@@ -37,6 +40,7 @@ from shards.audio import PCM16_SCALE
 
 CHUNK = 64  # clips per feature call: bounds the intermediate tensors of evaluation passes
 PREFETCH = 2  # training batches computed ahead in a thread when the device is the CPU and num_workers > 0
+GPU_PASS = 16  # training batches whose device work is queued in one pass on a GPU: a 16th of the kernel launches
 
 
 @functools.lru_cache(maxsize=256)
@@ -86,6 +90,9 @@ class DeviceLoader(ShardLoader):
         self.speed_perturb = SpeedPerturb(speeds).to(self.device) if speeds else None
         self.speaker_stats = self.actor_statistics() if spec.speaker_norm else None
         self.eval_cache: list[RawBatch] | None = None
+        # on a GPU a step of these small models is bound by kernel launches: the data path makes its launches for
+        # GPU_PASS batches at once; on the CPU batch by batch (the prefetch thread keeps a step's worth ahead)
+        self.batches_per_pass = GPU_PASS if self.device.type == "cuda" else 1
 
     def windows(self, rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
         """Float windows [B, length] of clips ROWS from STARTS (zero outside each clip)."""
@@ -148,42 +155,60 @@ class DeviceLoader(ShardLoader):
 
     def train_batches(self):
         """Endless batches of this epoch's part: order, crops inside the speech span and speed factors from a seeded
-        generator; speed perturbation, noise, shift (from a seeded generator on the device) and features there."""
+        generator (drawn batch by batch, in the same order whatever the pass size); speed perturbation, noise, shift
+        (from a seeded generator on the device) and features computed for `batches_per_pass` batches at once."""
         keys = [k for _, ks in self.plan(self.epoch) for k in ks]
         generator = torch.Generator().manual_seed(sub_seed(self.seed, self.epoch, self.rank))
         noise = torch.Generator(self.device).manual_seed(sub_seed(self.seed, self.epoch, self.rank, 1))
         rows_all = self.rows_of(keys)
-        length, speeds = self.features.num_samples, self.augment.speed if self.augment else None
+        length, speeds, size = self.features.num_samples, self.augment.speed if self.augment else None, self.batch_size
         while True:
-            order = rows_all[torch.randperm(len(rows_all), generator=generator)]
-            for at in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                yield self.train_batch(order[at:at + self.batch_size], generator, noise, length, speeds)
-            if len(order) % self.batch_size:  # wrap around: the tail plus the head of a fresh permutation
-                tail = order[len(order) - len(order) % self.batch_size:]
-                head = rows_all[torch.randperm(len(rows_all), generator=generator)][:self.batch_size - len(tail)]
-                yield self.train_batch(torch.cat([tail, head]), generator, noise, length, speeds)
+            order, pending = rows_all[torch.randperm(len(rows_all), generator=generator)], []
+            for at in range(0, len(order) - size + 1, size):
+                pending.append(self.draw(order[at:at + size], generator, speeds))
+                if len(pending) == self.batches_per_pass:
+                    yield from self.train_pass(pending, noise, length)
+                    pending = []
+            yield from self.train_pass(pending, noise, length)
+            if len(order) % size:  # wrap around: the tail plus the head of a fresh permutation
+                tail = order[len(order) - len(order) % size:]
+                head = rows_all[torch.randperm(len(rows_all), generator=generator)][:size - len(tail)]
+                yield from self.train_pass([self.draw(torch.cat([tail, head]), generator, speeds)], noise, length)
 
-    def train_batch(self, rows: torch.Tensor, generator: torch.Generator, noise: torch.Generator, length: int,
-                    speeds) -> RawBatch:
-        """One training batch of clips ROWS: random windows inside the speech span and speed factors (GENERATOR),
-        speed perturbation, noise and shift (NOISE, on the device), features.
-
-        The draws and the grouping by factor happen on the CPU; what the device needs of them is copied without
-        blocking (a blocking copy would wait for the device to finish the previous step: a host sync)."""
+    @staticmethod
+    def draw(rows: torch.Tensor, generator: torch.Generator, speeds) -> tuple[torch.Tensor, ...]:
+        """A training batch's draws on the CPU: (ROWS, speed factors, uniform crop positions), from GENERATOR."""
         factors = torch.ones(len(rows))
         if speeds:
             factors = torch.tensor(speeds)[torch.randint(len(speeds), (len(rows),), generator=generator)]
-        draw = torch.rand(len(rows), generator=generator)
+        return rows, factors, torch.rand(len(rows), generator=generator)
+
+    def train_pass(self, draws: list[tuple[torch.Tensor, ...]], noise: torch.Generator, length: int):
+        """The batches of DRAWS (from `draw`), their device work done in one pass over all their clips."""
+        if not draws:
+            return
+        rows, factors, positions = (torch.cat(parts) for parts in zip(*draws))
+        features = self.train_features(rows, factors, positions, noise, length)
+        for at in range(0, len(rows), self.batch_size):
+            part = rows[at:at + self.batch_size]
+            yield RawBatch(features[at:at + self.batch_size], self.emotions[part], [self.keys[j] for j in part.tolist()])
+
+    def train_features(self, rows: torch.Tensor, factors: torch.Tensor, positions: torch.Tensor,
+                       noise: torch.Generator, length: int) -> torch.Tensor:
+        """Training features of clips ROWS: windows at POSITIONS of their possible places inside the speech span,
+        played FACTORS times faster; noise and shift (NOISE, on the device); log-mel.
+
+        The draws and the grouping by factor happen on the CPU; what the device needs of them is copied without
+        blocking (a blocking copy would wait for the device to finish the previous step: a host sync)."""
         waves = torch.empty(len(rows), length, device=self.device)
-        dev_rows, dev_draw = (t.to(self.device, non_blocking=True) for t in (rows, draw))
+        dev_rows, dev_positions = (t.to(self.device, non_blocking=True) for t in (rows, positions))
         for factor in factors.unique().tolist():
             pick = (factors == factor).nonzero().flatten().to(self.device, non_blocking=True)
             need = round(length * factor)
             r = dev_rows[pick]
-            starts = span_crop_starts(self.lengths[r], self.spans[r], need, dev_draw[pick])
+            starts = span_crop_starts(self.lengths[r], self.spans[r], need, dev_positions[pick])
             windows = self.windows(r, starts, need)
             waves[pick] = windows if factor == 1.0 else self.speed_perturb(windows, factor, length)
         if self.wave_augment is not None:
             waves = self.wave_augment(waves, noise)
-        return RawBatch(self.features_of(dev_rows, waves), self.emotions[rows], [self.keys[i] for i in rows.tolist()])
-
+        return self.features_of(dev_rows, waves)
