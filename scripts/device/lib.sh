@@ -1,0 +1,19 @@
+# Sourced by the device scripts, on the GPU machine, in the repository root: paths, a timed step, the payload's stash.
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+R=/tmp/res  # results of every call of this machine; each script packs them into $OUT at its end
+mkdir -p $R /tmp/pay
+
+# step SECONDS NAME CMD...: CMD under its own timeout (one hang must not eat the call); its status and wall time
+step() {
+  local t=$1 name=$2; shift 2
+  echo "=== $(date +%T) [$name] $* (timeout ${t}s)"
+  local s=$(date +%s%N); timeout -k 5 "$t" "$@"; local rc=$?
+  local ms=$(( ($(date +%s%N) - s) / 1000000 ))
+  echo "=== [$name] rc=$rc wall=${ms} ms"; echo "$name rc=$rc ms=$ms" >> $R/steps.txt
+}
+
+# the payload this call carried (.devpay/...), kept in /tmp/pay for the calls after it
+stash() { [ -d .devpay ] && cp -r .devpay/. /tmp/pay/ && du -sh /tmp/pay/* | tr '\n' ' '; echo; }
+
+# everything under /tmp/res as one file in $OUT (at most 8 files come back)
+pack() { tar czf "$OUT/res-$1.tgz" -C /tmp res && ls -la "$OUT"; }
