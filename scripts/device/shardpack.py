@@ -35,16 +35,22 @@ def header(member: tarfile.TarInfo) -> dict:
             for f in FIELDS}
 
 
+def tars(src: Path, dst: Path):
+    """(tar, its path relative to SRC, its place in DST) for every tar under SRC; the other files (but index.json) are
+    copied to DST as they are."""
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name != "index.json"):
+        rel = path.relative_to(src)
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".tar":
+            yield path, str(rel), dst / rel
+        else:
+            shutil.copy2(path, dst / rel)
+
+
 def pack(src: Path, dst: Path) -> None:
     """SRC's files into DST, each tar's WAV members as FLAC; the original headers and sha256 in DST/index.json."""
     index = {}
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = path.relative_to(src)
-        out = dst / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix != ".tar":
-            shutil.copy2(path, out)
-            continue
+    for path, rel, out in tars(src, dst):
         with tarfile.open(path) as tar, tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as packed:
             members = []
             for member in tar:
@@ -55,7 +61,7 @@ def pack(src: Path, dst: Path) -> None:
                 info = tarfile.TarInfo(member.name)
                 info.size = len(data)
                 packed.addfile(info, io.BytesIO(data))
-            index[str(rel)] = {"members": members, "format": tar.format,
+            index[rel] = {"members": members, "format": tar.format,
                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     (dst / "index.json").write_text(json.dumps(index))
 
@@ -63,14 +69,8 @@ def pack(src: Path, dst: Path) -> None:
 def restore(src: Path, dst: Path) -> None:
     """The original shards from a packed folder SRC into DST; an error names a tar that does not come back exact."""
     index = json.loads((src / "index.json").read_text())
-    for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name != "index.json"):
-        rel = path.relative_to(src)
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix != ".tar":
-            shutil.copy2(path, target)
-            continue
-        entry, buffer = index[str(rel)], io.BytesIO()
+    for path, rel, target in tars(src, dst):
+        entry, buffer = index[rel], io.BytesIO()
         with tarfile.open(path) as tar:
             members = [(m.name, tar.extractfile(m).read()) for m in tar]
         if [name for name, _ in members] != [meta["name"] for meta in entry["members"]]:
