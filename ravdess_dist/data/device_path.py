@@ -86,8 +86,7 @@ class DeviceLoader(ShardLoader):
         self.spans = torch.tensor(spans, dtype=torch.int64).reshape(-1, 2).to(self.device)
         self.frontend = Frontend(replace(feats, normalize=False) if spec.speaker_norm else feats).to(self.device)
         self.wave_augment = WaveAugment(self.augment, feats.sample_rate).to(self.device) if self.augment else None
-        speeds = self.augment.speed if self.augment else None
-        self.speed_perturb = SpeedPerturb(speeds).to(self.device) if speeds else None
+        self.speed_perturb = SpeedPerturb((self.augment and self.augment.speed) or ()).to(self.device)
         self.speaker_stats = self.actor_statistics() if spec.speaker_norm else None
         self.eval_cache: list[RawBatch] | None = None
         # on a GPU a step of these small models is bound by kernel launches: the data path makes its launches for
@@ -208,7 +207,7 @@ class DeviceLoader(ShardLoader):
             r = dev_rows[pick]
             starts = span_crop_starts(self.lengths[r], self.spans[r], need, dev_positions[pick])
             windows = self.windows(r, starts, need)
-            waves[pick] = windows if factor == 1.0 else self.speed_perturb(windows, factor, length)
+            waves[pick] = self.speed_perturb(windows, factor, length)
         if self.wave_augment is not None:
             waves = self.wave_augment(waves, noise)
         return self.features_of(dev_rows, waves)
