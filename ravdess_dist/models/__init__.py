@@ -1,34 +1,9 @@
-"""Model registry (timm-style): `create_model("hybrid", num_classes, n_bins, n_frames)` builds a registered model.
+"""The models: `create_model("hybrid", num_classes, n_bins, n_frames)` builds a registered one (registry.py).
 
-Every model maps features [B, 1, n_bins, n_frames] to logits [B, num_classes] (softmax belongs to the loss).
-A new architecture is a module in this package with a `@register_model("name")` class, imported at the bottom.
+A new architecture is a module in this package with a `@register_model("name")` class (imported from
+ravdess_dist.models.registry), added to the import below so that it registers.
 """
-from torch import nn
+from ravdess_dist.models import cnn, hybrid, resnet  # noqa: F401  (importing them registers them)
+from ravdess_dist.models.registry import create_model, list_models, register_model
 
-_MODELS: dict[str, type[nn.Module]] = {}
-
-
-def register_model(name: str):
-    """Class decorator adding a model under NAME; a second model with the same name is an error."""
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = cls
-        return cls
-    return add
-
-
-def list_models() -> list[str]:
-    """Names of the registered models, sorted."""
-    return sorted(_MODELS)
-
-
-def create_model(name: str, num_classes: int, n_bins: int, n_frames: int, **kwargs) -> nn.Module:
-    """The model NAME sized for inputs [B, 1, n_bins, n_frames] and num_classes outputs; kwargs go to its constructor."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {list_models()}")
-    return _MODELS[name](num_classes=num_classes, n_bins=n_bins, n_frames=n_frames, **kwargs)
-
-
-# Importing the model modules registers them (they need register_model, defined above).
-from ravdess_dist.models import cnn, hybrid, resnet  # noqa: E402, F401
+__all__ = ["create_model", "list_models", "register_model"]

@@ -1,7 +1,7 @@
 """A plain 2-D CNN baseline: four conv blocks, global average pooling, a linear classifier."""
 from torch import Tensor, nn
 
-from ravdess_dist.models import register_model
+from ravdess_dist.models.registry import register_model
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:

@@ -6,7 +6,7 @@ change only the classifier width (computed from the input shape) and the Transfo
 import torch
 from torch import Tensor, nn
 
-from ravdess_dist.models import register_model
+from ravdess_dist.models.registry import register_model
 
 CONV_POOLS = (2, 4, 4)  # max-pool size after each conv layer of a branch
 CONV_CHANNELS = (16, 32, 64)

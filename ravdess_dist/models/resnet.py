@@ -8,7 +8,7 @@ more than its pauses. Sized to train at >= 50 clips/s on a 2-core CPU (see the R
 import torch
 from torch import Tensor, nn
 
-from ravdess_dist.models import register_model
+from ravdess_dist.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
