@@ -4,13 +4,14 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.slurm_cluster"]
+pytest_plugins = ["tests.slurm_cluster", "tests.trainer_fixtures"]
 
 # Fixtures that take seconds to minutes to build: every test that uses one runs on the same xdist worker (one group
 # per fixture, `--dist loadgroup`), so each is built once per session, not once per worker. The SLURM cluster is one
 # per session and its tests submit jobs to it. (module, fixture) -> group; module None: any module.
 SHARED_FIXTURES = {
     (None, "slurm_cluster"): "slurm",
+    (None, "two_seeds"): "two-seeds",  # test_ensemble.py and test_predict.py
     ("test_doctor.py", "report"): "doctor",
     ("test_trainer.py", "trained"): "trainer-runs",  # one test uses both runs: one group for the two
     ("test_trainer.py", "ddp"): "trainer-runs",

@@ -20,7 +20,7 @@ from ravdess_dist.models import create_model
 from ravdess_dist.trainer import Preempted, Run, weights_checksum
 from shards.manifest import Manifest
 from tests.corpus import tone
-from tests.trainer_fixtures import TINY, run_python, tiny_config, tiny_shards, train_args
+from tests.trainer_fixtures import TINY, launch_two, metrics, run_python, run_train, tiny_config, tiny_shards, train_args
 
 # Sends itself SIGNAL just before the STEP-th training step of the process (counted over epochs from 1); the trainer
 # looks at the flag every EVERY steps (and at an epoch's last step), so it stops at the next such step.
@@ -68,25 +68,12 @@ def signal_script(step: int, sig: str, every: int = 8) -> str:
     return SIGNAL_AT.replace("{step}", str(step)).replace("{signal}", sig).replace("{every}", str(every))
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Shards of six generated actors and the tiny config."""
-    tmp = tmp_path_factory.mktemp("trainer")
-    return tmp, tiny_shards(tmp / "data"), tiny_config(tmp / "tiny.yaml")
-
-
 def train(setup, run, *extra, signal_at=None):
     """Run train.py (optionally signalling itself before a step: (step, signal[, every])) and return the process."""
-    tmp, shards, config = setup
-    args = train_args(tmp, shards, config, run, *extra)
     if signal_at:
-        return run_python(["-c", signal_script(*signal_at), *args])
-    return run_python(["train.py", *args])
-
-
-def metrics(setup, run) -> dict:
-    """metrics.json of a finished run."""
-    return json.loads((setup[0] / "models" / run / "metrics.json").read_text())
+        tmp, shards, config = setup
+        return run_python(["-c", signal_script(*signal_at), *train_args(tmp, shards, config, run, *extra)])
+    return run_train(setup, run, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +123,6 @@ def test_tensorboard_has_the_expected_tags(trained):
             "val/macro_f1", "test/ua", "hparam/test_ua"} <= set(scalars)
     assert {"inputs/features", "test/confusion_matrix"} <= images
     assert scalars["val/ua"] == scalars["train/loss"] == [0, 1, 2, 3]
-
-
-def launch_two(setup, run, *extra, port: int, script: str = "train.py"):
-    """`accelerate launch --multi_gpu --num_processes 2` of SCRIPT (or `-m MODULE`) on CPU; the finished process."""
-    tmp, shards, config = setup
-    return run_python(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                       "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *script.split(),
-                       *train_args(tmp, shards, config, run, *extra)])
 
 
 @pytest.fixture(scope="module")
@@ -470,35 +449,6 @@ def test_resume_of_another_split_or_seed_is_refused(trained, setup, extra, messa
     assert not (setup[0] / "models" / run).exists()
 
 
-def test_predict_stereo_48k_file(trained, tmp_path):
-    """predict resamples and downmixes any file, and prints class probabilities that sum to 1."""
-    wav = tmp_path / "stereo.wav"
-    sf.write(wav, tone(2.2, 48000, 330, channels=2), 48000)
-    proc = run_python(["-m", "ravdess_dist.predict", str(trained), str(wav), "--json"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout)
-    assert out["file"] == str(wav) and len(out["probabilities"]) == 8
-    assert sum(out["probabilities"].values()) == pytest.approx(1, abs=1e-3)
-    assert out["emotion"] == max(out["probabilities"], key=out["probabilities"].get)
-    proc = run_python(["-m", "ravdess_dist.predict", str(trained), str(tmp_path / "missing.wav")])
-    assert proc.returncode == 1 and "missing.wav" in proc.stderr
-
-
-def test_cross_validation_aggregates_every_fold(setup):
-    """cv with 3 folds trains 3 runs and summarises 3 results with mean and std."""
-    tmp, shards, config = setup
-    proc = run_python(["-m", "ravdess_dist.cv", *train_args(tmp, shards, config, "cv3", "--folds", "3", "--epochs", "1")])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp / "models/cv3/summary.json").read_text())
-    assert len(summary["runs"]) == 3
-    assert sorted(a for r in summary["runs"] for a in r["test_actors"]) == [1, 2, 3, 4, 5, 6]
-    [row] = summary["summary"]
-    assert row["folds"] == 3 and row["ua_mean"] == pytest.approx(np.mean([r["ua"] for r in summary["runs"]]))
-    assert "± " in (tmp / "models/cv3/summary.md").read_text()
-    assert np.sum(summary["confusion_matrix"]) == 32 * 6  # every actor's clips once, over the three test folds
-    assert (tmp / "models/cv3/confusion_matrix.png").is_file() and (tmp / "models/cv3/config.yaml").is_file()
-
-
 def test_strong_model_trained_on_both_intensities_never_predicts_neutral(setup, tmp_path):
     """train_intensities=both for strong: the training clips are both intensities without neutral, the model has the
     7 strong classes (so it cannot predict neutral), the test is strong clips only, and predict gives 7 classes."""
@@ -516,62 +466,6 @@ def test_strong_model_trained_on_both_intensities_never_predicts_neutral(setup, 
     out = run_python(["-m", "ravdess_dist.predict", str(setup[0] / "models/both"), str(wav), "--json"])
     assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(json.loads(out.stdout)["probabilities"]) == sorted(m["classes"])
-
-
-def test_ensemble_of_two_runs_and_predict_with_both(trained, setup, tmp_path):
-    """Two runs of the same split: the ensemble's metrics cover every test clip; predict averages both checkpoints."""
-    proc = train(setup, "second", "--epochs", "2", "--seed", "1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = [trained, setup[0] / "models/second"]
-    out = tmp_path / "ens"
-    proc = run_python(["-m", "ravdess_dist.ensemble", *map(str, runs), "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ens = json.loads((out / "metrics.json").read_text())
-    assert ens["test"]["clips"] == 32 * len(ens["test_actors"]) and len(ens["members"]) == 2
-    wav = tmp_path / "clip.wav"
-    sf.write(wav, tone(0.7, 16000, 330), 16000)
-    single = [json.loads(run_python(["-m", "ravdess_dist.predict", str(r), str(wav), "--json"]).stdout) for r in runs]
-    both = json.loads(run_python(["-m", "ravdess_dist.predict", *map(str, runs), str(wav), "--json"]).stdout)
-    for c, p in both["probabilities"].items():
-        assert p == pytest.approx((single[0]["probabilities"][c] + single[1]["probabilities"][c]) / 2, abs=2e-4)
-
-
-def test_cross_validation_with_concurrent_fold_processes(setup):
-    """cv --jobs 2: three folds as train.py processes, two at a time, each with its log; the same summary as in one
-    process (every actor tested once). A fold that fails makes cv exit non-zero, naming the fold and its log.
-    `cv ensemble` scores the folds' ensembles and refuses runs whose finished folds differ."""
-    tmp, shards, config = setup
-    proc = run_python(["-m", "ravdess_dist.cv", "--jobs", "2",
-                       *train_args(tmp, shards, config, "cvj", "--folds", "3", "--epochs", "1")])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp / "models/cvj/summary.json").read_text())
-    assert [r["run"] for r in summary["runs"]] == ["cvj/fold0", "cvj/fold1", "cvj/fold2"]
-    assert sorted(a for r in summary["runs"] for a in r["test_actors"]) == [1, 2, 3, 4, 5, 6]
-    assert "run cvj/fold1:" in (tmp / "models/cvj/fold1.log").read_text()
-    bad = run_python(["-m", "ravdess_dist.cv", "--jobs=2", *train_args(tmp, shards, config, "cvbad", "--folds", "3",
-                                                                      "--epochs", "1", "--shards", str(tmp / "none"))])
-    assert bad.returncode != 0 and "fold(s) [0, 1, 2] failed" in bad.stderr and "cvbad/fold0.log" in bad.stderr
-    # `cv ensemble`, fold by fold: an ensemble of a run with itself is that run, on every fold
-    models = tmp / "models"
-    ens = run_python(["-m", "ravdess_dist.cv", "ensemble", str(models / "cvj"), str(models / "cvj"), "--out",
-                      str(tmp / "ens")])
-    assert ens.returncode == 0, ens.stderr[-3000:]
-    ensembled = json.loads((tmp / "ens/summary.json").read_text())
-    assert [r["run"] for r in ensembled["runs"]] == ["ens/fold0", "ens/fold1", "ens/fold2"]
-    assert [r["ua"] for r in ensembled["runs"]] == pytest.approx([r["ua"] for r in summary["runs"]], abs=1e-9)
-    assert (tmp / "ens/fold1/confusion_matrix.png").is_file() and "ensemble_of" in (tmp / "ens/config.yaml").read_text()
-    mismatch = run_python(["-m", "ravdess_dist.cv", "ensemble", str(models / "cvj"), str(models / "cvbad"), "--out",
-                           str(tmp / "ens-bad")])
-    assert mismatch.returncode != 0 and "same finished folds" in mismatch.stderr and "cvbad: none" in mismatch.stderr
-
-
-def test_cross_validation_with_two_processes_finishes_every_fold(setup):
-    """`accelerate launch --multi_gpu --num_processes 2 -m ravdess_dist.cv`: the process group outlives each fold."""
-    tmp = setup[0]
-    proc = launch_two(setup, "cv2p", "--folds", "3", "--epochs", "1", port=29741, script="-m ravdess_dist.cv")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp / "models/cv2p/summary.json").read_text())
-    assert len(summary["runs"]) == 3
 
 
 def test_channels_last_and_compile_keep_plain_checkpoints(setup):

@@ -1,0 +1,61 @@
+"""ravdess_dist.cv for real: folds in one process, as concurrent train.py processes, under a two-process launch;
+summaries and `cv ensemble`."""
+import json
+
+import numpy as np
+import pytest
+
+from tests.trainer_fixtures import launch_two, run_python, train_args
+
+
+def test_cross_validation_aggregates_every_fold(setup):
+    """cv with 3 folds trains 3 runs and summarises 3 results with mean and std."""
+    tmp, shards, config = setup
+    proc = run_python(["-m", "ravdess_dist.cv", *train_args(tmp, shards, config, "cv3", "--folds", "3", "--epochs", "1")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp / "models/cv3/summary.json").read_text())
+    assert len(summary["runs"]) == 3
+    assert sorted(a for r in summary["runs"] for a in r["test_actors"]) == [1, 2, 3, 4, 5, 6]
+    [row] = summary["summary"]
+    assert row["folds"] == 3 and row["ua_mean"] == pytest.approx(np.mean([r["ua"] for r in summary["runs"]]))
+    assert "± " in (tmp / "models/cv3/summary.md").read_text()
+    assert np.sum(summary["confusion_matrix"]) == 32 * 6  # every actor's clips once, over the three test folds
+    assert (tmp / "models/cv3/confusion_matrix.png").is_file() and (tmp / "models/cv3/config.yaml").is_file()
+
+
+def test_cross_validation_with_concurrent_fold_processes(setup):
+    """cv --jobs 2: three folds as train.py processes, two at a time, each with its log; the same summary as in one
+    process (every actor tested once). A fold that fails makes cv exit non-zero, naming the fold and its log.
+    `cv ensemble` scores the folds' ensembles and refuses runs whose finished folds differ."""
+    tmp, shards, config = setup
+    proc = run_python(["-m", "ravdess_dist.cv", "--jobs", "2",
+                       *train_args(tmp, shards, config, "cvj", "--folds", "3", "--epochs", "1")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp / "models/cvj/summary.json").read_text())
+    assert [r["run"] for r in summary["runs"]] == ["cvj/fold0", "cvj/fold1", "cvj/fold2"]
+    assert sorted(a for r in summary["runs"] for a in r["test_actors"]) == [1, 2, 3, 4, 5, 6]
+    assert "run cvj/fold1:" in (tmp / "models/cvj/fold1.log").read_text()
+    bad = run_python(["-m", "ravdess_dist.cv", "--jobs=2", *train_args(tmp, shards, config, "cvbad", "--folds", "3",
+                                                                      "--epochs", "1", "--shards", str(tmp / "none"))])
+    assert bad.returncode != 0 and "fold(s) [0, 1, 2] failed" in bad.stderr and "cvbad/fold0.log" in bad.stderr
+    # `cv ensemble`, fold by fold: an ensemble of a run with itself is that run, on every fold
+    models = tmp / "models"
+    ens = run_python(["-m", "ravdess_dist.cv", "ensemble", str(models / "cvj"), str(models / "cvj"), "--out",
+                      str(tmp / "ens")])
+    assert ens.returncode == 0, ens.stderr[-3000:]
+    ensembled = json.loads((tmp / "ens/summary.json").read_text())
+    assert [r["run"] for r in ensembled["runs"]] == ["ens/fold0", "ens/fold1", "ens/fold2"]
+    assert [r["ua"] for r in ensembled["runs"]] == pytest.approx([r["ua"] for r in summary["runs"]], abs=1e-9)
+    assert (tmp / "ens/fold1/confusion_matrix.png").is_file() and "ensemble_of" in (tmp / "ens/config.yaml").read_text()
+    mismatch = run_python(["-m", "ravdess_dist.cv", "ensemble", str(models / "cvj"), str(models / "cvbad"), "--out",
+                           str(tmp / "ens-bad")])
+    assert mismatch.returncode != 0 and "same finished folds" in mismatch.stderr and "cvbad: none" in mismatch.stderr
+
+
+def test_cross_validation_with_two_processes_finishes_every_fold(setup):
+    """`accelerate launch --multi_gpu --num_processes 2 -m ravdess_dist.cv`: the process group outlives each fold."""
+    tmp = setup[0]
+    proc = launch_two(setup, "cv2p", "--folds", "3", "--epochs", "1", port=29741, script="-m ravdess_dist.cv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp / "models/cv2p/summary.json").read_text())
+    assert len(summary["runs"]) == 3
