@@ -4,6 +4,7 @@
     python -m ravdess_dist.cv --jobs 2 --config configs/resnet.yaml ...   (folds as 2 concurrent processes: CPUs)
     python -m ravdess_dist.cv summarize RUN_DIR_OR_METRICS_JSON... --out DIR   (e.g. after a SLURM array)
     python -m ravdess_dist.cv ensemble CV_DIR CV_DIR... --out DIR   (fold K = the ensemble of every CV_DIR/foldK)
+    python -m ravdess_dist.cv ensemble CV_DIR... --out DIR --actors val --eval-crops 5   (re-scored on validation actors)
 """
 import argparse
 import json
@@ -18,7 +19,7 @@ import numpy as np
 import yaml
 
 from ravdess_dist.config import load_config, to_dict
-from ravdess_dist.ensemble import write_ensemble
+from ravdess_dist.ensemble import add_scoring_arguments, write_ensemble
 from ravdess_dist.evaluate import plot_confusion
 from ravdess_dist.metrics import summarize as summarize_cm
 from ravdess_dist.trainer import training_function
@@ -31,8 +32,12 @@ TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
 def summarize(metrics: list[dict], out: Path, config: dict | None = None) -> dict:
     """summary.json and summary.md: one row per run, then mean ± std per model and intensity; the folds' summed
     confusion matrix (confusion_matrix.png); CONFIG (the runs' settings) as config.yaml beside them."""
+    scored = {m.get("scored", "test") for m in metrics}  # "val": a re-scoring of the validation actors (cv ensemble)
+    if len(scored) > 1:
+        raise ValueError(f"the runs score different actors ({sorted(scored)}): summarise test and validation apart")
+    part = scored.pop()
     rows = [{"run": m["run"], "model": m["model"], "intensity": m["intensity"], "test_actors": m["split"]["test"],
-             "best_epoch": m["best_epoch"], **{k: m["test"][k] for k in METRICS}} for m in metrics]
+             "best_epoch": m["best_epoch"], **{k: m[part][k] for k in METRICS}} for m in metrics]
     groups = {}
     for row in rows:
         groups.setdefault((row["model"], row["intensity"]), []).append(row)
@@ -40,17 +45,18 @@ def summarize(metrics: list[dict], out: Path, config: dict | None = None) -> dic
               **{f"{k}_mean": statistics.mean(r[k] for r in g) for k in METRICS},
               **{f"{k}_std": statistics.stdev(r[k] for r in g) if len(g) > 1 else 0.0 for k in METRICS}}
              for (model, intensity), g in sorted(groups.items())]
-    summary = {"runs": rows, "summary": means}
+    summary = {"scored": part, "runs": rows, "summary": means}
     out.mkdir(parents=True, exist_ok=True)
     if len({tuple(m["classes"]) for m in metrics}) == 1:  # one class list: the folds' confusion matrices add up
         cm = np.sum([m["confusion_matrix"] for m in metrics], axis=0)
         summary["confusion_matrix"], summary["classes"] = cm.tolist(), metrics[0]["classes"]
-        title = f"{len(metrics)} folds, every test clip once: UA {summarize_cm(cm, metrics[0]['classes'])['ua']:.3f}"
+        title = f"{len(metrics)} folds, every {part} clip once: UA {summarize_cm(cm, metrics[0]['classes'])['ua']:.3f}"
         plot_confusion(cm, metrics[0]["classes"], title).savefig(out / "confusion_matrix.png")
     write_json(out / "summary.json", summary)
     if config is not None:
         (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    lines = ["| run | model | intensity | test actors | best epoch | WA | UA | macro-F1 |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"Scored on the folds' {'validation' if part == 'val' else 'test'} actors.", "",
+             "| run | model | intensity | test actors | best epoch | WA | UA | macro-F1 |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['model']} | {r['intensity']} | {r['test_actors']} | {r['best_epoch']} | "
               f"{r['wa']:.3f} | {r['ua']:.3f} | {r['macro_f1']:.3f} |" for r in rows]
     lines += ["", "| model | intensity | folds | WA | UA | macro-F1 |", "|---|---|---|---|---|---|"]
@@ -111,14 +117,16 @@ def run_folds_concurrently(argv: list[str], folds: int, name: str, output_dir: P
     return load_metrics([output_dir / name / f"fold{f}" for f in range(folds)])
 
 
-def ensemble_folds(cv_dirs: list[Path], out: Path) -> list[dict]:
+def ensemble_folds(cv_dirs: list[Path], out: Path, eval_crops: int | None = None, actors: str = "test") -> list[dict]:
     """Fold by fold, the ensemble of the CV runs in CV_DIRS (e.g. one recipe trained with several seeds): OUT/foldK
-    holds the ensemble of every CV_DIR/foldK. The runs must have the same folds (same test actors, same classes)."""
+    holds the ensemble of every CV_DIR/foldK, scored on ACTORS with EVAL_CROPS windows (see ravdess_dist.ensemble).
+    The runs must have the same folds (same test actors, same classes)."""
     folds = [sorted(p.name for p in d.glob("fold*") if (p / "best.pt").is_file()) for d in cv_dirs]
     if not folds[0] or any(f != folds[0] for f in folds):
         raise ValueError("the cross-validation runs must hold the same finished folds (best.pt): "
                          + "; ".join(f"{d}: {f or 'none'}" for d, f in zip(cv_dirs, folds)))
-    return [write_ensemble([d / fold for d in cv_dirs], out / fold, name=f"{out.name}/{fold}") for fold in folds[0]]
+    return [write_ensemble([d / fold for d in cv_dirs], out / fold, name=f"{out.name}/{fold}", eval_crops=eval_crops,
+                           actors=actors) for fold in folds[0]]
 
 
 def summarize_main(argv: list[str]) -> None:
@@ -133,17 +141,20 @@ def summarize_main(argv: list[str]) -> None:
 
 
 def ensemble_main(argv: list[str]) -> None:
-    """`cv ensemble CV_DIR... --out DIR`: several cross-validations of the same folds averaged fold by fold."""
+    """`cv ensemble CV_DIR... --out DIR [--eval-crops K] [--actors val]`: several cross-validations of the same folds
+    averaged fold by fold (one CV_DIR: that run re-scored, e.g. on its validation actors with other windows)."""
     ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv ensemble")
     ap.add_argument("cv_dirs", type=Path, nargs="+", help="cross-validation folders (with fold0, fold1, ...)")
     ap.add_argument("--out", type=Path, required=True)
+    add_scoring_arguments(ap)
     args = ap.parse_args(argv)
     try:
-        results = ensemble_folds(args.cv_dirs, args.out)
+        results = ensemble_folds(args.cv_dirs, args.out, args.eval_crops, args.actors)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     config = yaml.safe_load((args.cv_dirs[0] / "fold0" / "config.yaml").read_text())
-    summarize(results, args.out, {"ensemble_of": [str(d) for d in args.cv_dirs], **config})
+    scoring = {"scored": args.actors, **({"eval_crops": args.eval_crops} if args.eval_crops else {})}
+    summarize(results, args.out, {"ensemble_of": [str(d) for d in args.cv_dirs], **config, **scoring})
 
 
 def train_main(argv: list[str]) -> None:

@@ -1,13 +1,20 @@
-"""Evaluate an ensemble: `python -m ravdess_dist.ensemble RUN_DIR... --out DIR [--shards DIR]`.
+"""Evaluate an ensemble: `python -m ravdess_dist.ensemble RUN_DIR... --out DIR [--shards DIR] [--eval-crops K]
+[--actors val]`.
 
 The runs (e.g. the same fold trained with several seeds or models) must share the test actors and the class list;
 each run's best.pt scores the test actors' clips with its own features and evaluation windows, and the ensemble's
-prediction is the mean of the members' class probabilities. Writes metrics.json (with each member's own test metrics
+prediction is the mean of the members' class probabilities. Writes metrics.json (with each member's own metrics
 beside the ensemble's) and confusion_matrix.png to --out.
+
+Evaluation settings are chosen on validation actors, never on test actors: `--actors val` scores the runs' validation
+actors instead (metrics under "val", "scored": "val"), and `--eval-crops K` re-scores with K evaluation windows per
+clip instead of each run's own, e.g. to compare 1, 3 and 5 windows on the validation actors of every fold.
+A single run is an ensemble of one.
 """
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,18 +31,32 @@ from shards.atomic import write_json
 from shards.manifest import Manifest
 
 
+@dataclass
+class Member:
+    """One run's scores: key -> class probabilities and label, the actors scored, its classes, its metrics.json, and
+    the evaluation windows per clip it was scored with."""
+    probs: dict[str, torch.Tensor]
+    labels: dict[str, int]
+    actors: list[int]
+    classes: list[str]
+    metrics: dict
+    eval_crops: int
+
+
 @torch.no_grad()
-def member_probabilities(run: Path, shards: Path | None, accelerator) -> tuple[dict, list[int], list[str], dict]:
-    """One run's best model on its test actors: key -> probabilities, the test actors, the classes, its metrics."""
+def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops: int | None = None,
+                         actors: str = "test") -> Member:
+    """RUN's best model on its ACTORS ("test" or "val"), with EVAL_CROPS windows per clip (default: the run's own)."""
     state = load_checkpoint(run / "best.pt")
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = from_dict(state["config"], str(run / "best.pt"))
     root = Path(shards or cfg.shards)
-    test = metrics["split"]["test"]
-    classes = state["classes"]
-    loader = make_loader(cfg.backend, LoaderSpec(root, Manifest.load(root).select(cfg.intensity, test), classes,
+    scored, classes, crops = metrics["split"][actors], state["classes"], eval_crops or cfg.eval_crops
+    if crops > 1 and cfg.backend != "device":  # the other paths evaluate one window per clip
+        raise ValueError(f"{run}: {crops} evaluation windows need a run of the device backend, not {cfg.backend}")
+    loader = make_loader(cfg.backend, LoaderSpec(root, Manifest.load(root).select(cfg.intensity, scored), classes,
                                                  cfg.batch_size, False, cfg.features, None, accelerator.device,
-                                                 eval_crops=cfg.eval_crops, speaker_norm=cfg.speaker_norm,
+                                                 eval_crops=crops, speaker_norm=cfg.speaker_norm,
                                                  num_workers=cfg.num_workers))
     model = create_model(cfg.model, len(classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
     model.load_state_dict(state["model"])
@@ -46,40 +67,57 @@ def member_probabilities(run: Path, shards: Path | None, accelerator) -> tuple[d
         for key, p, y, valid in zip(batch.keys, out, batch.labels.tolist(), batch.valid.tolist()):
             if valid:
                 probs[key], labels[key] = p, y
-    return {"probs": probs, "labels": labels}, sorted(test), classes, metrics
+    return Member(probs, labels, sorted(scored), classes, metrics, crops)
 
 
-def evaluate_ensemble(runs: list[Path], shards: Path | None = None) -> tuple[dict, list]:
-    """Mean probabilities of RUNS over their common test clips; metrics and the confusion matrix."""
+def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: int | None = None,
+                      actors: str = "test") -> tuple[dict, list]:
+    """Mean probabilities of RUNS over their common clips of ACTORS ("test" or "val"), scored with EVAL_CROPS windows
+    (default: each run's own); metrics (the ensemble's and each member's) and the ensemble's confusion matrix."""
+    if actors not in ("test", "val"):
+        raise ValueError(f"actors must be 'test' or 'val', got {actors!r}")
+    if eval_crops is not None and eval_crops < 1:
+        raise ValueError(f"eval_crops must be >= 1, got {eval_crops}")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    members = [member_probabilities(run, shards, accelerator) for run in runs]
-    _, test, classes, _ = members[0]
-    for run, (scores, other_test, other_classes, _) in zip(runs, members):
-        if other_test != test or other_classes != classes:
-            raise ValueError(f"{run}: test actors {other_test} / classes {other_classes} differ from {runs[0]}'s "
-                             f"{test} / {classes}: an ensemble needs the same test set")
-    keys = sorted(members[0][0]["probs"])
-    if any(sorted(m[0]["probs"]) != keys for m in members):
+    members = [member_probabilities(run, shards, accelerator, eval_crops, actors) for run in runs]
+    first = members[0]
+    for run, m in zip(runs, members):
+        if m.actors != first.actors or m.classes != first.classes:
+            raise ValueError(f"{run}: {actors} actors {m.actors} / classes {m.classes} differ from {runs[0]}'s "
+                             f"{first.actors} / {first.classes}: an ensemble needs the same {actors} set")
+    keys = sorted(first.probs)
+    if any(sorted(m.probs) != keys for m in members):
         raise ValueError("the members scored different clips")
-    mean = torch.stack([torch.stack([m[0]["probs"][k] for k in keys]) for m in members]).mean(dim=0)
-    labels = [members[0][0]["labels"][k] for k in keys]
-    cm = confusion_matrix(labels, mean.argmax(dim=1).numpy(), len(classes))
-    result = {"runs": [str(r) for r in runs], "classes": classes, "test_actors": test, "test": summarize(cm, classes),
-              "members": [m[3]["test"] for m in members], "confusion_matrix": cm.tolist(),
-              "model": "+".join(sorted({m[3]["model"] for m in members})), "intensity": members[0][3]["intensity"],
-              "split": members[0][3]["split"], "best_epoch": [m[3]["best_epoch"] for m in members]}
+    member_probs = torch.stack([torch.stack([m.probs[k] for k in keys]) for m in members])  # [members, clips, classes]
+    labels = [first.labels[k] for k in keys]
+    scores = [confusion_matrix(labels, p.argmax(dim=1).numpy(), len(first.classes)) for p in member_probs]
+    cm = confusion_matrix(labels, member_probs.mean(dim=0).argmax(dim=1).numpy(), len(first.classes))
+    result = {"runs": [str(r) for r in runs], "classes": first.classes, "scored": actors, f"{actors}_actors": first.actors,
+              actors: summarize(cm, first.classes), "members": [summarize(c, first.classes) for c in scores],
+              "eval_crops": [m.eval_crops for m in members], "confusion_matrix": cm.tolist(),
+              "model": "+".join(sorted({m.metrics["model"] for m in members})), "intensity": first.metrics["intensity"],
+              "split": first.metrics["split"], "best_epoch": [m.metrics["best_epoch"] for m in members]}
     return result, cm
 
 
-def write_ensemble(runs: list[Path], out: Path, shards: Path | None = None, name: str | None = None) -> dict:
-    """Score the ensemble of RUNS; write OUT/metrics.json (run NAME, default OUT's name) and OUT/confusion_matrix.png."""
-    result, cm = evaluate_ensemble(runs, shards)
+def write_ensemble(runs: list[Path], out: Path, shards: Path | None = None, name: str | None = None,
+                   eval_crops: int | None = None, actors: str = "test") -> dict:
+    """Score the ensemble of RUNS (on ACTORS, with EVAL_CROPS windows); write OUT/metrics.json (run NAME, default OUT's
+    name) and OUT/confusion_matrix.png."""
+    result, cm = evaluate_ensemble(runs, shards, eval_crops, actors)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"run": name or out.name, **result}
     write_json(out / "metrics.json", metrics)
-    plot_confusion(cm, result["classes"], f"ensemble of {len(runs)}: test UA {result['test']['ua']:.3f}").savefig(
-        out / "confusion_matrix.png")
+    title = f"ensemble of {len(runs)}: {actors} UA {result[actors]['ua']:.3f}"
+    plot_confusion(cm, result["classes"], title).savefig(out / "confusion_matrix.png")
     return metrics
+
+
+def add_scoring_arguments(ap: argparse.ArgumentParser) -> None:
+    """--eval-crops and --actors, shared by this command and `cv ensemble`."""
+    ap.add_argument("--eval-crops", type=int, help="evaluation windows per clip (default: each run's own)")
+    ap.add_argument("--actors", choices=("test", "val"), default="test",
+                    help="score the runs' test actors (default) or their validation actors (to choose settings on)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,16 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", type=Path, nargs="+", help="run folders (with best.pt and metrics.json)")
     ap.add_argument("--out", type=Path, required=True, help="folder for metrics.json and confusion_matrix.png")
     ap.add_argument("--shards", type=Path, help="shard root (default: the one each run was trained on)")
+    add_scoring_arguments(ap)
     args = ap.parse_args(argv)
     try:
-        result = write_ensemble(args.runs, args.out, args.shards)
+        result = write_ensemble(args.runs, args.out, args.shards, eval_crops=args.eval_crops, actors=args.actors)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    test = result["test"]
+    scores = result[args.actors]
     members = " ".join(f"{m['ua']:.3f}" for m in result["members"])
-    print(f"ensemble of {len(args.runs)} on actors {result['test_actors']}: WA {test['wa']:.3f} UA {test['ua']:.3f} "
-          f"macro-F1 {test['macro_f1']:.3f} (members' UA: {members})")
+    print(f"ensemble of {len(args.runs)} on {args.actors} actors {result[args.actors + '_actors']}: "
+          f"WA {scores['wa']:.3f} UA {scores['ua']:.3f} macro-F1 {scores['macro_f1']:.3f} (members' UA: {members})")
     return 0
 
 

@@ -1,7 +1,21 @@
 """ravdess_dist.ensemble: several finished runs of the same test actors, their probabilities averaged."""
 import json
 
-from tests.trainer_fixtures import run_python, run_train
+import numpy as np
+import pytest
+
+from tests.trainer_fixtures import run_python, run_train, train_args
+
+
+@pytest.fixture(scope="module")
+def device_seeds(setup):
+    """Two 1-epoch runs of the device backend (the one that evaluates several windows per clip), seeds 0 and 1."""
+    runs = []
+    for seed in (0, 1):
+        proc = run_train(setup, f"dev-seed{seed}", "--epochs", "1", "--seed", str(seed), "--backend", "device")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(setup[0] / "models" / f"dev-seed{seed}")
+    return runs
 
 
 def test_ensemble_of_two_runs_scores_every_test_clip(two_seeds, tmp_path):
@@ -23,3 +37,53 @@ def test_ensemble_of_runs_with_other_test_actors_is_refused(two_seeds, setup, tm
                       "--out", str(tmp_path / "bad")])
     assert bad.returncode == 2 and "an ensemble needs the same test set" in bad.stderr
     assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_a_run_alone_rescored_reproduces_its_own_test_metrics(two_seeds, tmp_path):
+    """An ensemble of one run, scored like the trainer (its test actors, its own windows), gives the run's own test
+    metrics: the re-scoring path is the trainer's evaluation."""
+    proc = run_python(["-m", "ravdess_dist.ensemble", str(two_seeds[0]), "--out", str(tmp_path / "one")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    own = json.loads((two_seeds[0] / "metrics.json").read_text())
+    alone = json.loads((tmp_path / "one/metrics.json").read_text())
+    assert alone["confusion_matrix"] == own["confusion_matrix"]
+    assert alone["test"]["ua"] == pytest.approx(own["test"]["ua"]) and alone["eval_crops"] == [1]
+
+
+def test_rescoring_on_validation_actors_with_other_windows(device_seeds, two_seeds, tmp_path):
+    """--actors val scores the validation actors (never the test ones), --eval-crops K scores K windows per clip;
+    `cv ensemble` passes both on, and its summary says which actors it scored. A torch-backend run cannot be scored
+    with several windows (its path has one): an error, not a silent single window."""
+    out = tmp_path / "val3"
+    proc = run_python(["-m", "ravdess_dist.ensemble", *map(str, device_seeds), "--out", str(out), "--actors", "val",
+                       "--eval-crops", "3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["scored"] == "val" and "test" not in m and m["eval_crops"] == [3, 3]
+    assert m["val_actors"] == sorted(m["split"]["val"]) and not set(m["val_actors"]) & set(m["split"]["test"])
+    assert m["val"]["clips"] == 32 * len(m["val_actors"]) == sum(map(sum, m["confusion_matrix"]))
+    one = run_python(["-m", "ravdess_dist.ensemble", str(device_seeds[0]), "--out", str(tmp_path / "val1"),
+                      "--actors", "val", "--eval-crops", "1"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert json.loads((tmp_path / "val1/metrics.json").read_text())["eval_crops"] == [1]
+    bad = run_python(["-m", "ravdess_dist.ensemble", str(two_seeds[0]), "--out",
+                      str(tmp_path / "bad"), "--eval-crops", "3"])
+    assert bad.returncode == 2 and "3 evaluation windows need a run of the device backend, not torch" in bad.stderr
+
+
+def test_cv_ensemble_on_validation_actors_summarises_them(setup, tmp_path):
+    """`cv ensemble CV_DIR --actors val --eval-crops 2`: each fold re-scored on its validation actors; the summary
+    says so (summary.json "scored", summary.md's first line, config.yaml's scoring)."""
+    tmp, shards, config = setup
+    proc = run_python(["-m", "ravdess_dist.cv", *train_args(tmp, shards, config, "cv-rescore", "--folds", "3",
+                                                             "--epochs", "1", "--backend", "device")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "rescored"
+    proc = run_python(["-m", "ravdess_dist.cv", "ensemble", str(tmp / "models/cv-rescore"), "--out", str(out),
+                       "--actors", "val", "--eval-crops", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == "val" and len(summary["runs"]) == 3
+    assert (out / "summary.md").read_text().startswith("Scored on the folds' validation actors.")
+    assert "scored: val" in (out / "config.yaml").read_text() and "eval_crops: 2" in (out / "config.yaml").read_text()
+    assert np.sum(summary["confusion_matrix"]) == 32 * 6  # each actor is one fold's validation actor once
