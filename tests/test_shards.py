@@ -1,4 +1,4 @@
-"""Shard format read back by webdataset and by DALI's CPU reader; manifest selection; speaker-independent splits."""
+"""Shard format read back by webdataset and by DALI's CPU reader; PCM16 payloads; manifest selection (splits: test_splits.py)."""
 import io
 import json
 import tarfile
@@ -13,7 +13,6 @@ from shards.audio import PCM16_SCALE, decode_pcm16, encode_wav, read_mono
 from shards.labels import EMOTIONS, emotion_of_key
 from shards.manifest import Manifest
 from shards.writer import make_sample, write_shard
-from shards.splits import Split, gender_balanced_folds, make_split
 from tests.corpus import make_corpus
 
 
@@ -98,52 +97,6 @@ def test_manifest_selection_and_classes(shard_root):
     assert sum(s.samples for s in manifest.select("normal")) == 64
     with pytest.raises(ValueError, match="intensity must be one of"):
         manifest.select("loud")
-
-
-def test_folds_are_gender_balanced_and_cover_every_actor_once():
-    """6 folds of 24 actors: 2 male + 2 female each; every actor is a test actor in exactly one fold."""
-    actors = range(1, 25)
-    folds = gender_balanced_folds(actors, 6)
-    assert sorted(a for f in folds for a in f) == list(actors)
-    assert all(sum(a % 2 for a in f) == 2 and len(f) == 4 for f in folds)
-    tests = [a for i in range(6) for a in make_split(actors, folds=6, fold=i).test]
-    assert sorted(tests) == list(actors)
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"folds": 6, "fold": 5}, {"folds": 4, "fold": 2}, {"folds": 12, "fold": 7},
-                                    {"test_actors": [1, 2], "val_actors": [3, 4]}])
-def test_splits_never_share_an_actor(kwargs):
-    """Train, validation and test are disjoint and together hold every actor."""
-    split = make_split(range(1, 25), **kwargs)
-    parts = [set(split.train), set(split.val), set(split.test)]
-    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-    assert set().union(*parts) == set(range(1, 25))
-
-
-def test_default_split_works_on_the_four_actor_sample():
-    """The bundled sample's four actors give one test, one validation and two training actors."""
-    split = make_split([1, 2, 3, 4])
-    assert (len(split.train), len(split.val), len(split.test)) == (2, 1, 1)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"test_actors": [1]}, "give both"),
-    ({"test_actors": [1], "val_actors": [30]}, r"actor\(s\) \[30\] are not in the shards"),
-    ({"test_actors": [1], "val_actors": [1]}, "in two parts"),
-    ({"folds": 30}, "--folds must be between 2 and"),
-    ({"folds": 6, "fold": 6}, "--fold must be in 0..5"),
-    ({"folds": 6, "test_actors": [1], "val_actors": [2]}, "exclude each other"),
-])
-def test_bad_split_options_are_clear_errors(kwargs, message):
-    """Inconsistent split options fail with a message naming the problem."""
-    with pytest.raises(ValueError, match=message):
-        make_split(range(1, 25), **kwargs)
-
-
-def test_split_refuses_leaks():
-    """A hand-built split with an actor in two parts is refused."""
-    with pytest.raises(ValueError, match=r"actor\(s\) \[2\]"):
-        Split(train=(1, 2), val=(2,), test=(3,))
 
 
 def test_entry_restricted_to_emotions(shard_root):
