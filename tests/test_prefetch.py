@@ -52,6 +52,18 @@ def test_closing_early_stops_the_producer_and_closes_its_source():
     assert log[-1] == "closed" and len(log) - 1 <= 3 + 2 + 1
 
 
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_closing_at_any_point_ends_the_producer(depth):
+    """Closed after 1..7 items, with the producer blocked on a full queue or computing its next item: the close
+    returns (it empties the queue once, leaving room for the producer's last item), the thread ends, the source closes."""
+    for taken in range(1, 8):
+        log = []
+        stream = prefetched(numbers(10**9, log), depth)
+        assert [next(stream)[0] for _ in range(taken)] == list(range(taken))
+        stream.close()
+        assert not any(t.name == "prefetch" for t in threading.enumerate()) and log[-1] == "closed"
+
+
 def test_the_producer_uses_the_callers_torch_threads():
     """OpenMP thread counts are per thread: the producer takes the caller's, not every core."""
     before = torch.get_num_threads()

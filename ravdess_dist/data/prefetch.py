@@ -38,12 +38,7 @@ def prefetched(batches: Iterator, depth: int) -> Generator:
         torch.set_num_threads(threads)  # OpenMP settings are per thread: a new thread would use every core
         try:
             for item in batches:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                items.put(item)  # blocks while the queue is full; a closing consumer empties it once
                 if stop.is_set():
                     break
             else:
@@ -65,10 +60,12 @@ def prefetched(batches: Iterator, depth: int) -> Generator:
                 raise item.error
             yield item
     finally:
+        # Once stop is set the producer puts at most one more item (it looks at the flag after every put), so emptying
+        # the queue once, after setting the flag, leaves room for it: no put can block, and the join cannot hang.
         stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish its item
+        while True:
             try:
-                items.get(timeout=0.1)
+                items.get_nowait()
             except queue.Empty:
-                pass
+                break
         worker.join()
