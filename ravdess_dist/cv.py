@@ -137,7 +137,10 @@ def summarize_main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     first = args.runs[0] if args.runs[0].is_dir() else args.runs[0].parent
     config = yaml.safe_load((first / "config.yaml").read_text()) if (first / "config.yaml").is_file() else None
-    summarize(load_metrics(args.runs), args.out, config)
+    try:
+        summarize(load_metrics(args.runs), args.out, config)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
 
 
 def ensemble_main(argv: list[str]) -> None:

@@ -9,7 +9,8 @@ from tests.trainer_fixtures import launch_two, run_python, train_args
 
 
 def test_cross_validation_aggregates_every_fold(setup):
-    """cv with 3 folds trains 3 runs and summarises 3 results with mean and std."""
+    """cv with 3 folds trains 3 runs and summarises 3 results with mean and std; `cv summarize` of the same runs gives
+    the same summary, names a run that did not finish and refuses to average test with validation scores."""
     tmp, shards, config = setup
     proc = run_python(["-m", "ravdess_dist.cv", *train_args(tmp, shards, config, "cv3", "--folds", "3", "--epochs", "1")])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -21,6 +22,20 @@ def test_cross_validation_aggregates_every_fold(setup):
     assert "± " in (tmp / "models/cv3/summary.md").read_text()
     assert np.sum(summary["confusion_matrix"]) == 32 * 6  # every actor's clips once, over the three test folds
     assert (tmp / "models/cv3/confusion_matrix.png").is_file() and (tmp / "models/cv3/config.yaml").is_file()
+    # `cv summarize` of the finished folds (folders or metrics.json files) gives the same summary
+    folds = [tmp / "models/cv3/fold0", tmp / "models/cv3/fold1", tmp / "models/cv3/fold2/metrics.json"]
+    again = run_python(["-m", "ravdess_dist.cv", "summarize", *map(str, folds), "--out", str(tmp / "cv3-again")])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp / "cv3-again/summary.json").read_text()) == summary
+    # a run that did not finish is named; test and validation scores are not averaged together
+    missing = run_python(["-m", "ravdess_dist.cv", "summarize", str(tmp / "models/cv3/fold9"), "--out", str(tmp / "x")])
+    assert missing.returncode == 1 and "no metrics.json for" in missing.stderr and "fold9" in missing.stderr
+    rescored = json.loads((folds[0] / "metrics.json").read_text())
+    rescored.update(scored="val", val=rescored.pop("test"))
+    (tmp / "rescored.json").write_text(json.dumps(rescored))
+    mixed = run_python(["-m", "ravdess_dist.cv", "summarize", str(tmp / "rescored.json"), str(folds[2]), "--out",
+                        str(tmp / "x")])
+    assert mixed.returncode == 1 and "score different actors" in mixed.stderr and not (tmp / "x").exists()
 
 
 def test_cross_validation_with_concurrent_fold_processes(setup):
