@@ -201,7 +201,7 @@ class Run:
     """One training run's state and outputs; `fit()` trains, `test()` evaluates the best model on the test actors."""
 
     def __init__(self, cfg: TrainConfig):
-        self.started, self.started_perf, self.seconds = time.time(), time.perf_counter(), {}
+        self.started, self.seconds = time.perf_counter(), {}  # one clock for every figure of `timing`
         device = resolve_device(cfg.device)  # an error, not a silent CPU run, when GPUs are there but unusable
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolve_precision(cfg, device),
@@ -261,7 +261,7 @@ class Run:
                   f"process(es) on {acc.device}, precision {acc.mixed_precision}; actors train {list(self.split.train)} "
                   f"val {list(self.split.val)} test {list(self.split.test)}; {len(self.train_loader)} steps/epoch of "
                   f"{cfg.batch_size} clips ({self.batch_size} per process)")
-        self.seconds["setup"] = time.perf_counter() - self.started_perf
+        self.seconds["setup"] = time.perf_counter() - self.started
 
     @contextlib.contextmanager
     def timed(self, part: str):
@@ -275,7 +275,7 @@ class Run:
     def timing(self) -> dict:
         """Seconds of this process's run by part: setup, train_steps (the epochs' step loops, data included),
         validation, checkpoints, test, and everything outside the training steps."""
-        wall = time.perf_counter() - self.started_perf
+        wall = time.perf_counter() - self.started
         parts = {k: round(v, 2) for k, v in self.seconds.items()}
         return {**parts, "outside_train_steps": round(wall - self.seconds.get("train_steps", 0.0), 2), "wall": round(wall, 2)}
 
@@ -456,6 +456,7 @@ class Run:
                 self.saved_model().load_state_dict(weights)
             self.test_weight_checksums = gather_object([weights_checksum(self.saved_model().state_dict())])
             test, cm, rows = evaluate(self.evaluated_model(), self.test_loader, acc, self.classes)
+        timing = self.timing()
         metrics = {"run": self.cfg.run_name, "model": self.cfg.model, "intensity": self.cfg.intensity,
                    "classes": self.classes, "split": vars(self.split), "best_epoch": self.best["epoch"],
                    "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),
@@ -465,7 +466,7 @@ class Run:
                    # speaker_norm normalises with statistics of the test actors' own (unlabelled) audio
                    "transductive": self.cfg.speaker_norm,
                    "weight_checksums": self.weight_checksums, "test_weight_checksums": self.test_weight_checksums,
-                   "wall_seconds": round(time.time() - self.started, 1), "timing": self.timing(), "history": self.history}
+                   "wall_seconds": round(timing["wall"], 1), "timing": timing, "history": self.history}
         if acc.is_main_process:
             fig = plot_confusion(cm, self.classes, f"{self.cfg.run_name}: test UA {test['ua']:.3f}")
             fig.savefig(self.run_dir / "confusion_matrix.png")

@@ -109,6 +109,7 @@ def test_metrics_say_where_the_time_went(trained, setup):
     assert all(t[k] > 0 for k in ("setup", "validation", "checkpoints", "test"))
     assert sum(t[k] for k in ("setup", "train_steps", "validation", "checkpoints", "test")) <= t["wall"] + 0.05
     assert t["outside_train_steps"] == pytest.approx(t["wall"] - t["train_steps"], abs=0.02)
+    assert metrics(setup, "base")["wall_seconds"] == pytest.approx(t["wall"], abs=0.06)  # one clock for both
 
 
 def test_tensorboard_has_the_expected_tags(trained):
