@@ -1,7 +1,9 @@
-"""scripts/device/shardpack.py: shards packed with FLAC members are smaller and come back byte for byte."""
+"""scripts/device/: shardpack.py (shards packed with FLAC members are smaller and come back byte for byte) and the
+shell scripts (they parse)."""
 import importlib.util
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import pytest
 
 from tests.test_loaders import shards  # noqa: F401  (a fixture)
 
-spec = importlib.util.spec_from_file_location("shardpack", Path(__file__).parents[1] / "scripts/device/shardpack.py")
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("shardpack", ROOT / "scripts/device/shardpack.py")
 shardpack = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(shardpack)
 
@@ -51,3 +54,10 @@ def test_a_changed_packed_tar_is_an_error_naming_it(shards, tmp_path, damage):  
     assert str(victim.relative_to(tmp_path / "packed")) in index
     with pytest.raises(SystemExit, match=victim.name):
         shardpack.restore(tmp_path / "packed", tmp_path / "restored")
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "scripts/device").glob("*.sh")), ids=lambda p: p.name)
+def test_device_scripts_parse(script):
+    """The device scripts run only on a lent GPU machine, with no second try: bash must at least parse them here."""
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -17,3 +17,6 @@ stash() { [ -d .devpay ] && cp -r .devpay/. /tmp/pay/ && du -sh /tmp/pay/* | tr 
 
 # everything under /tmp/res as one file in $OUT (at most 8 files come back)
 pack() { tar czf "$OUT/res-$1.tgz" -C /tmp res && ls -la "$OUT"; }
+
+# keep NAME: the small outputs (json, md, png, yaml) of run folder /tmp/m/NAME in the results
+keep() { mkdir -p $R/$1 && (cd /tmp/m/$1 && find . \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.yaml' \) -print | tar cf - -T - | tar xf - -C $R/$1); }
