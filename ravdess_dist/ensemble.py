@@ -7,8 +7,10 @@ prediction is the mean of the members' class probabilities. Writes metrics.json 
 beside the ensemble's) and confusion_matrix.png to --out.
 
 Evaluation settings are chosen on validation actors, never on test actors: `--actors val` scores the runs' validation
-actors instead (metrics under "val", "scored": "val"), and `--eval-crops K` re-scores with K evaluation windows per
-clip instead of each run's own, e.g. to compare 1, 3 and 5 windows on the validation actors of every fold.
+actors instead (metrics under "val", "scored": "val"), `--eval-crops K` re-scores with K evaluation windows per clip
+instead of each run's own (e.g. to compare 1, 3 and 5 windows on the validation actors of every fold), and
+`--eval-speeds 0.9,1.0,1.1` adds test-time speed views (every window also played at those speeds, probabilities
+averaged).
 A single run is an ensemble of one.
 """
 import argparse
@@ -45,18 +47,21 @@ class Member:
 
 @torch.no_grad()
 def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops: int | None = None,
-                         actors: str = "test") -> Member:
-    """RUN's best model on its ACTORS ("test" or "val"), with EVAL_CROPS windows per clip (default: the run's own)."""
+                         actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,)) -> Member:
+    """RUN's best model on its ACTORS ("test" or "val"), with EVAL_CROPS windows per clip (default: the run's own),
+    each played at every factor of EVAL_SPEEDS."""
     state = load_checkpoint(run / "best.pt")
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = from_dict(state["config"], str(run / "best.pt"))
     root = Path(shards or cfg.shards)
     scored, classes, crops = metrics["split"][actors], state["classes"], eval_crops or cfg.eval_crops
-    if crops > 1 and cfg.backend != "device":  # the other paths evaluate one window per clip
-        raise ValueError(f"{run}: {crops} evaluation windows need a run of the device backend, not {cfg.backend}")
+    if (crops > 1 or tuple(eval_speeds) != (1.0,)) and cfg.backend != "device":  # the others: one plain window
+        raise ValueError(f"{run}: {crops} evaluation windows at speeds {list(eval_speeds)} need a run of the device "
+                         f"backend, not {cfg.backend}")
     loader = make_loader(cfg.backend, LoaderSpec(root, Manifest.load(root).select(cfg.intensity, scored), classes,
                                                  cfg.batch_size, False, cfg.features, None, accelerator.device,
-                                                 eval_crops=crops, speaker_norm=cfg.speaker_norm,
+                                                 eval_crops=crops, eval_speeds=tuple(eval_speeds),
+                                                 speaker_norm=cfg.speaker_norm,
                                                  num_workers=cfg.num_workers))
     model = create_model(cfg.model, len(classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
     model.load_state_dict(state["model"])
@@ -71,15 +76,18 @@ def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops
 
 
 def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: int | None = None,
-                      actors: str = "test") -> tuple[dict, list]:
+                      actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,)) -> tuple[dict, list]:
     """Mean probabilities of RUNS over their common clips of ACTORS ("test" or "val"), scored with EVAL_CROPS windows
-    (default: each run's own); metrics (the ensemble's and each member's) and the ensemble's confusion matrix."""
+    (default: each run's own) at EVAL_SPEEDS; metrics (the ensemble's and each member's) and the ensemble's confusion
+    matrix."""
     if actors not in ("test", "val"):
         raise ValueError(f"actors must be 'test' or 'val', got {actors!r}")
     if eval_crops is not None and eval_crops < 1:
         raise ValueError(f"eval_crops must be >= 1, got {eval_crops}")
+    if not eval_speeds or any(not 0.5 <= f <= 2.0 for f in eval_speeds):
+        raise ValueError(f"eval_speeds must be factors between 0.5 and 2, got {list(eval_speeds)}")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    members = [member_probabilities(run, shards, accelerator, eval_crops, actors) for run in runs]
+    members = [member_probabilities(run, shards, accelerator, eval_crops, actors, eval_speeds) for run in runs]
     first = members[0]
     for run, m in zip(runs, members):
         if m.actors != first.actors or m.classes != first.classes:
@@ -94,17 +102,18 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
     cm = confusion_matrix(labels, member_probs.mean(dim=0).argmax(dim=1).numpy(), len(first.classes))
     result = {"runs": [str(r) for r in runs], "classes": first.classes, "scored": actors, f"{actors}_actors": first.actors,
               actors: summarize(cm, first.classes), "members": [summarize(c, first.classes) for c in scores],
-              "eval_crops": [m.eval_crops for m in members], "confusion_matrix": cm.tolist(),
+              "eval_crops": [m.eval_crops for m in members], "eval_speeds": list(eval_speeds),
+              "confusion_matrix": cm.tolist(),
               "model": "+".join(sorted({m.metrics["model"] for m in members})), "intensity": first.metrics["intensity"],
               "split": first.metrics["split"], "best_epoch": [m.metrics["best_epoch"] for m in members]}
     return result, cm
 
 
 def write_ensemble(runs: list[Path], out: Path, shards: Path | None = None, name: str | None = None,
-                   eval_crops: int | None = None, actors: str = "test") -> dict:
-    """Score the ensemble of RUNS (on ACTORS, with EVAL_CROPS windows); write OUT/metrics.json (run NAME, default OUT's
-    name) and OUT/confusion_matrix.png."""
-    result, cm = evaluate_ensemble(runs, shards, eval_crops, actors)
+                   eval_crops: int | None = None, actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,)) -> dict:
+    """Score the ensemble of RUNS (on ACTORS, with EVAL_CROPS windows at EVAL_SPEEDS); write OUT/metrics.json (run NAME,
+    default OUT's name) and OUT/confusion_matrix.png."""
+    result, cm = evaluate_ensemble(runs, shards, eval_crops, actors, eval_speeds)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"run": name or out.name, **result}
     write_json(out / "metrics.json", metrics)
@@ -113,9 +122,20 @@ def write_ensemble(runs: list[Path], out: Path, shards: Path | None = None, name
     return metrics
 
 
+def speed_list(text: str) -> tuple[float, ...]:
+    """'0.9,1.0,1.1' -> (0.9, 1.0, 1.1), for --eval-speeds."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated speed factors such as 0.9,1.0,1.1, got {text!r}")
+
+
 def add_scoring_arguments(ap: argparse.ArgumentParser) -> None:
-    """--eval-crops and --actors, shared by this command and `cv ensemble`."""
+    """--eval-crops, --eval-speeds and --actors, shared by this command and `cv ensemble`."""
     ap.add_argument("--eval-crops", type=int, help="evaluation windows per clip (default: each run's own)")
+    ap.add_argument("--eval-speeds", type=speed_list, default=(1.0,),
+                    help="test-time speed views, e.g. 0.9,1.0,1.1: every window also played at these speeds "
+                         "(device-backend runs; default 1.0: the windows as they are)")
     ap.add_argument("--actors", choices=("test", "val"), default="test",
                     help="score the runs' test actors (default) or their validation actors (to choose settings on)")
 
@@ -130,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     add_scoring_arguments(ap)
     args = ap.parse_args(argv)
     try:
-        result = write_ensemble(args.runs, args.out, args.shards, eval_crops=args.eval_crops, actors=args.actors)
+        result = write_ensemble(args.runs, args.out, args.shards, eval_crops=args.eval_crops, actors=args.actors,
+                                eval_speeds=args.eval_speeds)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -223,8 +223,9 @@ class Run:
             """A loader over these shards for this rank."""
             return make_loader(cfg.backend, LoaderSpec(
                 Path(cfg.shards), entries, self.classes, self.batch_size, train, cfg.features,
-                cfg.augment if train else None, acc.device, acc.process_index, acc.num_processes, cfg.seed,
-                cfg.num_workers, cfg.eval_crops, cfg.speaker_norm))
+                augment=cfg.augment if train else None, device=acc.device, rank=acc.process_index,
+                world_size=acc.num_processes, seed=cfg.seed, num_workers=cfg.num_workers, eval_crops=cfg.eval_crops,
+                speaker_norm=cfg.speaker_norm))
 
         self.train_entries = training_entries(manifest, cfg, self.split.train, self.classes)
         self.train_loader = loader(self.train_entries, True)

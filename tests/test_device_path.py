@@ -41,6 +41,18 @@ def test_eval_crops_are_windows_over_the_speech(shards):  # noqa: F811
     assert ((spans[:, 1] - spans[:, 0]) / ldr.lengths).mean() < 0.8  # and stops before the end
 
 
+def test_eval_speeds_add_speed_views_of_each_window(shards):  # noqa: F811
+    """eval_speeds=(0.9, 1.0, 1.1) with 2 crops: [B, 6, 1, F, T], clip by clip its 2 windows at 0.9, then at 1.0, then
+    at 1.1; the 1.0 views are exactly the plain windows, the others are the speed-perturbed (resampled) audio."""
+    feats = FeatureConfig(clip_seconds=1.5, speech_top_db=40.0)
+    plain = next(iter(loader("device", shards, "strong", 8, features=feats, eval_crops=2)))
+    views = next(iter(loader("device", shards, "strong", 8, features=feats, eval_crops=2, eval_speeds=(0.9, 1.0, 1.1))))
+    assert views.keys == plain.keys and views.features.shape == (8, 6, 1, 64, feats.num_frames)
+    torch.testing.assert_close(views.features[:, 2:4], plain.features)
+    assert not torch.allclose(views.features[:, 0:2], plain.features, atol=1e-3)
+    assert not torch.allclose(views.features[:, 4:6], plain.features, atol=1e-3)
+
+
 def test_training_crops_lie_inside_the_speech_span():
     """A window shorter than the span lies inside it; one longer than the span contains it; both inside the clip."""
     lengths = torch.tensor([60000, 60000, 20000])

@@ -51,9 +51,9 @@ def test_a_run_alone_rescored_reproduces_its_own_test_metrics(two_seeds, tmp_pat
 
 
 def test_rescoring_on_validation_actors_with_other_windows(device_seeds, two_seeds, tmp_path):
-    """--actors val scores the validation actors (never the test ones), --eval-crops K scores K windows per clip;
-    `cv ensemble` passes both on, and its summary says which actors it scored. A torch-backend run cannot be scored
-    with several windows (its path has one): an error, not a silent single window."""
+    """--actors val scores the validation actors (never the test ones), --eval-crops K scores K windows per clip,
+    --eval-speeds adds speed views of each; a torch-backend run cannot be scored with several windows or speeds (its
+    path has one plain window): an error, not a silent single window."""
     out = tmp_path / "val3"
     proc = run_python(["-m", "ravdess_dist.ensemble", *map(str, device_seeds), "--out", str(out), "--actors", "val",
                        "--eval-crops", "3"])
@@ -66,9 +66,21 @@ def test_rescoring_on_validation_actors_with_other_windows(device_seeds, two_see
                       "--actors", "val", "--eval-crops", "1"])
     assert one.returncode == 0, one.stderr[-3000:]
     assert json.loads((tmp_path / "val1/metrics.json").read_text())["eval_crops"] == [1]
+    views = run_python(["-m", "ravdess_dist.ensemble", str(device_seeds[0]), "--out", str(tmp_path / "views"),
+                        "--actors", "val", "--eval-crops", "1", "--eval-speeds", "0.9,1.0,1.1"])
+    assert views.returncode == 0, views.stderr[-3000:]
+    m = json.loads((tmp_path / "views/metrics.json").read_text())
+    assert m["eval_speeds"] == [0.9, 1.0, 1.1] and m["val"]["clips"] == 32 * len(m["val_actors"])
+    typo = run_python(["-m", "ravdess_dist.ensemble", str(device_seeds[0]), "--out", str(tmp_path / "t"),
+                       "--eval-speeds", "0.9,fast"])
+    assert typo.returncode == 2 and "comma-separated speed factors" in typo.stderr
     bad = run_python(["-m", "ravdess_dist.ensemble", str(two_seeds[0]), "--out",
                       str(tmp_path / "bad"), "--eval-crops", "3"])
-    assert bad.returncode == 2 and "3 evaluation windows need a run of the device backend, not torch" in bad.stderr
+    assert bad.returncode == 2 and "3 evaluation windows at speeds [1.0] need a run of the device backend, not torch" \
+        in bad.stderr
+    slow = run_python(["-m", "ravdess_dist.ensemble", str(two_seeds[0]), "--out", str(tmp_path / "bad"),
+                       "--eval-speeds", "0.9,1.0"])
+    assert slow.returncode == 2 and "speeds [0.9, 1.0] need a run of the device backend" in slow.stderr
 
 
 def test_cv_ensemble_on_validation_actors_summarises_them(setup, tmp_path):

@@ -96,6 +96,8 @@ class LoaderSpec:
 
     eval_crops: windows per clip at evaluation (device backend; probabilities averaged by `evaluate`).
     speaker_norm: transductive per-actor feature statistics (device backend; uses the actors' unlabelled audio).
+    eval_speeds: speed factors of test-time views (device backend): every window is also scored played at each of
+        them (speed perturbation, as in training), so a clip has eval_crops x len(eval_speeds) windows.
     """
 
     root: Path
@@ -112,6 +114,7 @@ class LoaderSpec:
     num_workers: int = 2
     eval_crops: int = 1
     speaker_norm: bool = False
+    eval_speeds: tuple[float, ...] = (1.0,)
 
 
 def decode(sample: dict) -> tuple[torch.Tensor, int, str]:

@@ -18,9 +18,10 @@ and turned into features there.
   GPU_PASS batches at a time: one pass of windows, speed, noise, shift and log-mel over all their clips, so the
   launches a batch costs shrink 16-fold (at batch 32 these small models' steps are bound by kernel launches). The
   pass size changes only the device generator's noise and shift draws, never the order, crops or speed factors.
-- Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span) are computed on the
-  first pass and kept: they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate`
-  averages the K windows' probabilities.
+- Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span; each also played at
+  every factor of `eval_speeds`, test-time speed views, 1.0 alone by default) are computed on the first pass and kept:
+  they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate` averages the K windows'
+  probabilities.
 - speaker_norm (transductive, off by default): each actor's log-mel is normalised by that actor's own statistics (mean
   and standard deviation per mel band over the centre windows of all of that actor's clips in this loader's
   selection) instead of per clip. For test actors this uses their unlabelled test audio.
@@ -86,7 +87,8 @@ class DeviceLoader(ShardLoader):
         self.spans = torch.tensor(spans, dtype=torch.int64).reshape(-1, 2).to(self.device)
         self.frontend = Frontend(replace(feats, normalize=False) if spec.speaker_norm else feats).to(self.device)
         self.wave_augment = WaveAugment(self.augment, feats.sample_rate).to(self.device) if self.augment else None
-        self.speed_perturb = SpeedPerturb((self.augment and self.augment.speed) or ()).to(self.device)
+        speeds = ((self.augment and self.augment.speed) or ()) if self.train else spec.eval_speeds
+        self.speed_perturb = SpeedPerturb(speeds).to(self.device)
         self.speaker_stats = self.actor_statistics() if spec.speaker_norm else None
         self.eval_cache: list[RawBatch] | None = None
         # on a GPU a step of these small models is bound by kernel launches: the data path makes its launches for
@@ -139,17 +141,24 @@ class DeviceLoader(ShardLoader):
         yield from self.eval_cache
 
     def eval_batches(self):
-        """Batches of this rank's part in order: features [B, K, 1, F, T] of K windows over each clip's speech."""
+        """Batches of this rank's part in order: features [B, K, 1, F, T] of K windows over each clip's speech
+        (`eval_crops` windows, each played at every factor of `eval_speeds`: K = crops x speeds; K = 1: [B, 1, F, T])."""
         keys = [k for _, ks in self.plan(0) for k in ks]
-        length, crops = self.features.num_samples, self.spec.eval_crops
+        length, crops, speeds = self.features.num_samples, self.spec.eval_crops, self.spec.eval_speeds
         for at in range(0, len(keys), self.batch_size):
             part = keys[at:at + self.batch_size]
             rows = self.rows_of(part).to(self.device)
-            starts = span_windows(self.lengths[rows], self.spans[rows], length, crops)  # [B, K]
-            waves = self.windows(rows.repeat_interleave(crops), starts.reshape(-1), length)
-            feats = self.features_of(rows.repeat_interleave(crops), waves)
-            if crops > 1:
-                feats = feats.reshape(len(part), crops, *feats.shape[1:])
+            views = []
+            for factor in speeds:  # a window played FACTOR times faster covers FACTOR times the speech
+                need = round(length * factor)
+                starts = span_windows(self.lengths[rows], self.spans[rows], need, crops)  # [B, crops]
+                windows = self.windows(rows.repeat_interleave(crops), starts.reshape(-1), need)
+                views.append(self.speed_perturb(windows, factor, length).reshape(len(part), crops, length))
+            waves = torch.cat(views, dim=1).reshape(-1, length)  # clip by clip: its crops x speeds windows
+            k = crops * len(speeds)
+            feats = self.features_of(rows.repeat_interleave(k), waves)
+            if k > 1:
+                feats = feats.reshape(len(part), k, *feats.shape[1:])
             yield RawBatch(feats, self.emotions[rows.cpu()], part)
 
     def train_batches(self):
