@@ -53,6 +53,10 @@ HELP = {
     "fold": "test fold (validation is the next one)",
     "test_actors": "explicit test actors instead of folds",
     "val_actors": "explicit validation actors instead of folds",
+    "validation": "hold out validation actors (the fold after the test fold, or --val-actors); --no-validation trains on "
+                "them too (20 of 24 actors instead of 16) and needs select=last: nothing is left to choose an epoch on",
+    "select": "the model kept as best.pt and tested: the epoch of the best validation UA (best, with patience), or "
+              "the last epoch (last: the whole schedule runs)",
     "seed": "random seed",
     "num_workers": "data-loader worker processes per rank (device backend on a CPU: > 0 computes the training batches "
                    "ahead in a thread)",
@@ -73,7 +77,7 @@ def choices() -> dict[str, tuple]:
     """Allowed values of the top-level settings that have a fixed set: the flags' choices and validate() both use it."""
     return {"model": tuple(list_models()), "intensity": tuple(SELECTIONS), "backend": tuple(BACKENDS),
             "train_intensities": ("same", "both"), "device": ("auto", "cuda", "cpu"),
-            "optimizer": ("adamw", "sgd"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
+            "optimizer": ("adamw", "sgd"), "select": ("best", "last"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
             "compile": ("no", "default", "reduce-overhead", "max-autotune")}
 
 
@@ -106,6 +110,8 @@ class TrainConfig:
     fold: int = 0
     test_actors: list[int] | None = None
     val_actors: list[int] | None = None
+    validation: bool = True
+    select: str = "best"
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
@@ -142,6 +148,10 @@ class TrainConfig:
                              "device or torch")
         if (self.test_actors or self.val_actors) and self.folds is not None:
             raise ValueError("--folds/--fold and --test-actors/--val-actors exclude each other")
+        if not self.validation and self.select != "last":
+            raise ValueError("--no-validation leaves no validation actors to choose the best epoch on: add --select last")
+        if not self.validation and self.val_actors:
+            raise ValueError("--no-validation trains on every actor but the test actors: drop --val-actors")
         return self
 
 

@@ -55,6 +55,8 @@ def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops
     cfg = from_dict(state["config"], str(run / "best.pt"))
     root = Path(shards or cfg.shards)
     scored, classes, crops = metrics["split"][actors], state["classes"], eval_crops or cfg.eval_crops
+    if not scored:
+        raise ValueError(f"{run}: has no {actors} actors (a run trained with --no-validation has no validation actors)")
     if (crops > 1 or tuple(eval_speeds) != (1.0,)) and cfg.backend != "device":  # the others: one plain window
         raise ValueError(f"{run}: {crops} evaluation windows at speeds {list(eval_speeds)} need a run of the device "
                          f"backend, not {cfg.backend}")

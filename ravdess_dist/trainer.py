@@ -33,7 +33,8 @@ class Preempted(SystemExit):
 
 STOP = {"signal": 0}
 STOP_CHECK_EVERY = 8  # steps between looks at the preemption flag (a collective and a host sync); the last step always looks
-RESUME_KEYS = ("model", "intensity", "train_intensities", "seed", "model_args", "features", "ema_decay")  # + actors
+RESUME_KEYS = ("model", "intensity", "train_intensities", "seed", "model_args", "features", "ema_decay",
+               "select")  # + actors
 
 
 def _on_signal(signum, _frame):
@@ -117,7 +118,8 @@ def check_resumable(path, saved: dict, cfg: TrainConfig, actors) -> None:
             raise ValueError(f"{path}: checkpoint has {key}={saved.get(key, defaults[key])!r}, this run asks {asked[key]!r}")
     splits = []
     for c in (saved, asked):
-        splits.append(make_split(actors, c.get("folds"), c.get("fold") or 0, c.get("test_actors"), c.get("val_actors")))
+        splits.append(make_split(actors, c.get("folds"), c.get("fold") or 0, c.get("test_actors"), c.get("val_actors"),
+                                 c.get("validation", True)))
     if splits[0] != splits[1]:
         raise ValueError(f"{path}: checkpoint has split=({describe_split(splits[0])}), this run asks "
                          f"split=({describe_split(splits[1])})")
@@ -215,7 +217,7 @@ class Run:
         broadcast_object_list(name)  # every rank must agree on one name (timestamps differ)
         cfg.run_name, self.cfg = name[0], cfg
         self.run_dir = Path(cfg.output_dir) / cfg.run_name
-        self.split = make_split(manifest.actors, cfg.folds, cfg.fold, cfg.test_actors, cfg.val_actors)
+        self.split = make_split(manifest.actors, cfg.folds, cfg.fold, cfg.test_actors, cfg.val_actors, cfg.validation)
         self.classes = manifest.class_names(cfg.intensity)
         set_seed(cfg.seed)
 
@@ -229,7 +231,7 @@ class Run:
 
         self.train_entries = training_entries(manifest, cfg, self.split.train, self.classes)
         self.train_loader = loader(self.train_entries, True)
-        self.val_loader = loader(manifest.select(cfg.intensity, self.split.val), False)
+        self.val_loader = loader(manifest.select(cfg.intensity, self.split.val), False) if self.split.val else None
         self.test_loader = loader(manifest.select(cfg.intensity, self.split.test), False)
         model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
         if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change layout
@@ -397,15 +399,15 @@ class Run:
             self.ema.update_parameters(self.bare_model())
         return loss.detach()
 
-    def log_epoch(self, train: dict, val: dict) -> None:
-        """Scalars to TensorBoard and a line on the console."""
+    def log_epoch(self, train: dict, val: dict | None) -> None:
+        """Scalars to TensorBoard and a line on the console (VAL: None in a run without validation actors)."""
         lr = self.scheduler.get_last_lr()[0]
+        scores = {} if val is None else {"val/wa": val["wa"], "val/ua": val["ua"], "val/macro_f1": val["macro_f1"]}
         self.accelerator.log({"train/loss": train["loss"], "train/lr": lr, "train/clips_per_s": train["clips_per_s"],
-                              "train/data_wait_fraction": train["data_wait"], "val/wa": val["wa"], "val/ua": val["ua"],
-                              "val/macro_f1": val["macro_f1"]}, step=self.epoch)
-        self.accelerator.print(f"epoch {self.epoch}: loss {train['loss']:.4f} val WA {val['wa']:.3f} UA {val['ua']:.3f} "
-                               f"F1 {val['macro_f1']:.3f} ({train['clips_per_s']:.0f} clips/s, "
-                               f"data wait {100 * train['data_wait']:.0f} %)")
+                              "train/data_wait_fraction": train["data_wait"], **scores}, step=self.epoch)
+        shown = "" if val is None else f" val WA {val['wa']:.3f} UA {val['ua']:.3f} F1 {val['macro_f1']:.3f}"
+        self.accelerator.print(f"epoch {self.epoch}: loss {train['loss']:.4f}{shown} ({train['clips_per_s']:.0f} "
+                               f"clips/s, data wait {100 * train['data_wait']:.0f} %)")
 
     def log_spectrograms(self, features: torch.Tensor) -> None:
         """A few training inputs as images, once, to see what the model sees."""
@@ -415,20 +417,28 @@ class Run:
         lo, hi = images.amin(dim=(2, 3), keepdim=True), images.amax(dim=(2, 3), keepdim=True)
         self.writer.add_images("inputs/features", ((images - lo) / (hi - lo + 1e-6)).flip(2).cpu(), 0)
 
+    def validate(self) -> dict | None:
+        """Validation metrics of this epoch's model, or None without validation actors."""
+        if self.val_loader is None:
+            return None
+        with self.timed("validation"):
+            return evaluate(self.evaluated_model(), self.val_loader, self.accelerator, self.classes)[0]
+
     def fit(self) -> None:
-        """Train until the epoch budget or early stopping; keep the best epoch by validation UA (never test)."""
+        """Train until the epoch budget or early stopping; keep as best.pt the epoch of the best validation UA (never
+        test), or with select=last the last epoch (the whole schedule runs: every epoch is the newest "best")."""
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGUSR1, _on_signal)
         while self.epoch < self.cfg.epochs and self.epoch - self.best["epoch"] <= self.cfg.patience:
             train = self.train_epoch()
             self.seconds["train_steps"] = self.seconds.get("train_steps", 0.0) + train["seconds"]
-            with self.timed("validation"):
-                val, _, _ = evaluate(self.evaluated_model(), self.val_loader, self.accelerator, self.classes)
+            val = self.validate()
             self.log_epoch(train, val)
-            self.history.append({"epoch": self.epoch, **train, **{f"val_{k}": v for k, v in val.items() if k != "recall"}})
-            improved = val["ua"] > self.best["ua"]
+            self.history.append({"epoch": self.epoch, **train,
+                                 **{f"val_{k}": v for k, v in (val or {}).items() if k != "recall"}})
+            improved = self.cfg.select == "last" or val["ua"] > self.best["ua"]
             if improved:
-                self.best = {"ua": val["ua"], "epoch": self.epoch, "val": val}
+                self.best = {"ua": val["ua"] if val else None, "epoch": self.epoch, "val": val}
             self.epoch, self.step_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
             with self.timed("checkpoints"):
                 if improved:
@@ -459,7 +469,8 @@ class Run:
             test, cm, rows = evaluate(self.evaluated_model(), self.test_loader, acc, self.classes)
         timing = self.timing()
         metrics = {"run": self.cfg.run_name, "model": self.cfg.model, "intensity": self.cfg.intensity,
-                   "classes": self.classes, "split": vars(self.split), "best_epoch": self.best["epoch"],
+                   "classes": self.classes, "split": vars(self.split), "select": self.cfg.select,
+                   "best_epoch": self.best["epoch"],
                    "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),
                    "world_size": acc.num_processes, "mixed_precision": acc.mixed_precision,
                    "batch_size": self.cfg.batch_size, "batch_size_per_process": self.batch_size,
@@ -474,7 +485,8 @@ class Run:
             self.writer.add_figure("test/confusion_matrix", fig, self.epoch)
             self.writer.add_hparams({k: v for k, v in to_dict(self.cfg).items() if isinstance(v, (int, float, str, bool))},
                                     {"hparam/test_wa": test["wa"], "hparam/test_ua": test["ua"],
-                                     "hparam/test_macro_f1": test["macro_f1"], "hparam/best_val_ua": self.best["ua"]},
+                                     "hparam/test_macro_f1": test["macro_f1"],
+                                     **({} if self.best["ua"] is None else {"hparam/best_val_ua": self.best["ua"]})},
                                     run_name=".")
             write_json(self.run_dir / "metrics.json", metrics)
             write_json(self.run_dir / "predictions.json", rows)

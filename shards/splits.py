@@ -1,4 +1,8 @@
-"""Speaker-independent splits: train, validation and test never share an actor."""
+"""Speaker-independent splits: train, validation and test never share an actor.
+
+A split without validation actors (`validation=False`) gives the validation fold's actors to training: the model is then
+the last epoch's, chosen by no one (the recipe's setting; the README's results say why).
+"""
 from dataclasses import dataclass
 
 from shards.labels import gender_of
@@ -15,8 +19,9 @@ class Split:
     test: tuple[int, ...]
 
     def __post_init__(self):
-        """Refuse a split that leaks: an actor in two parts, or an empty part."""
-        parts = {"train": self.train, "val": self.val, "test": self.test}
+        """Refuse a split that leaks: an actor in two parts, or no training or test actor (no validation actor is a
+        split without validation)."""
+        parts = {"train": self.train, "test": self.test}
         for name, actors in parts.items():
             if not actors:
                 raise ValueError(f"the {name} part of the split has no actor")
@@ -34,15 +39,17 @@ def gender_balanced_folds(actors, k: int) -> list[tuple[int, ...]]:
     return [tuple(sorted(ordered[i::k])) for i in range(k)]
 
 
-def fold_split(actors, k: int | None = None, fold: int = 0) -> Split:
-    """Fold FOLD of K is the test set, the next fold validation, the rest training (K defaults to 6, or fewer actors)."""
+def fold_split(actors, k: int | None = None, fold: int = 0, validation: bool = True) -> Split:
+    """Fold FOLD of K is the test set, the next fold validation (VALIDATION) or training too, the rest training (K
+    defaults to 6, or fewer actors)."""
     k = k or min(DEFAULT_FOLDS, len(set(actors)))
     folds = gender_balanced_folds(actors, k)
     if not 0 <= fold < k:
         raise ValueError(f"--fold must be in 0..{k - 1}, got {fold}")
     val = (fold + 1) % k
-    train = sorted(a for i, f in enumerate(folds) if i not in (fold, val) for a in f)
-    return Split(train=tuple(train), val=folds[val], test=folds[fold])
+    held_out = (fold, val) if validation else (fold,)
+    train = sorted(a for i, f in enumerate(folds) if i not in held_out for a in f)
+    return Split(train=tuple(train), val=folds[val] if validation else (), test=folds[fold])
 
 
 def explicit_split(actors, test_actors, val_actors) -> Split:
@@ -55,12 +62,16 @@ def explicit_split(actors, test_actors, val_actors) -> Split:
     return Split(train=rest, val=tuple(sorted(val_actors)), test=tuple(sorted(test_actors)))
 
 
-def make_split(actors, folds: int | None = None, fold: int = 0, test_actors=None, val_actors=None) -> Split:
-    """The split the options ask for: explicit actors, or a fold of gender-balanced K folds (the default)."""
+def make_split(actors, folds: int | None = None, fold: int = 0, test_actors=None, val_actors=None,
+               validation: bool = True) -> Split:
+    """The split the options ask for: explicit actors, or a fold of gender-balanced K folds (the default); without
+    validation actors when not VALIDATION."""
     if test_actors or val_actors:
-        if not (test_actors and val_actors):
+        if validation and not (test_actors and val_actors):
             raise ValueError("give both --test-actors and --val-actors, or neither")
+        if not validation and (val_actors or not test_actors):
+            raise ValueError("--no-validation takes --test-actors without --val-actors (every other actor trains)")
         if folds is not None:
             raise ValueError("--folds/--fold and --test-actors/--val-actors exclude each other")
-        return explicit_split(actors, test_actors, val_actors)
-    return fold_split(actors, folds, fold)
+        return explicit_split(actors, test_actors, val_actors or ())
+    return fold_split(actors, folds, fold, validation)

@@ -18,7 +18,8 @@ from ravdess_dist.features import FeatureConfig
 from ravdess_dist.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = {"backend": "device"}  # the device backend accepts every setting (validate() ties some to it)
+BASE = {"backend": "device", "select": "last"}  # accept every setting (validate() ties some to the device backend,
+# --no-validation to select=last)
 SAMPLES = {"features.kind": "mfcc"}  # settings whose valid values a type alone does not give
 
 

@@ -16,7 +16,9 @@ def test_folds_are_gender_balanced_and_cover_every_actor_once():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"folds": 6, "fold": 5}, {"folds": 4, "fold": 2}, {"folds": 12, "fold": 7},
-                                    {"test_actors": [1, 2], "val_actors": [3, 4]}])
+                                    {"test_actors": [1, 2], "val_actors": [3, 4]},
+                                    {"folds": 6, "fold": 5, "validation": False},
+                                    {"test_actors": [1, 2], "validation": False}])
 def test_splits_never_share_an_actor(kwargs):
     """Train, validation and test are disjoint and together hold every actor."""
     split = make_split(range(1, 25), **kwargs)
@@ -38,6 +40,8 @@ def test_default_split_works_on_the_four_actor_sample():
     ({"folds": 30}, "--folds must be between 2 and"),
     ({"folds": 6, "fold": 6}, "--fold must be in 0..5"),
     ({"folds": 6, "test_actors": [1], "val_actors": [2]}, "exclude each other"),
+    ({"test_actors": [1], "val_actors": [2], "validation": False}, "without --val-actors"),
+    ({"val_actors": [2], "validation": False}, "without --val-actors"),
 ])
 def test_bad_split_options_are_clear_errors(kwargs, message):
     """Inconsistent split options fail with a message naming the problem."""
@@ -49,3 +53,21 @@ def test_split_refuses_leaks():
     """A hand-built split with an actor in two parts is refused."""
     with pytest.raises(ValueError, match=r"actor\(s\) \[2\]"):
         Split(train=(1, 2), val=(2,), test=(3,))
+
+
+@pytest.mark.parametrize("fold", range(6))
+def test_a_split_without_validation_trains_on_the_validation_fold(fold):
+    """validation=False: the same test actors as the fold with validation, no validation actor, and the validation
+    fold's actors in training (20 of 24 actors train instead of 16)."""
+    held_out, no_val = make_split(range(1, 25), folds=6, fold=fold), make_split(range(1, 25), folds=6, fold=fold,
+                                                                                 validation=False)
+    assert no_val.test == held_out.test and no_val.val == ()
+    assert set(no_val.train) == set(held_out.train) | set(held_out.val) and len(no_val.train) == 20
+
+
+def test_split_needs_training_and_test_actors():
+    """No training or no test actor is refused; no validation actor is a split without validation."""
+    for parts in ({"train": (), "val": (1,), "test": (2,)}, {"train": (1,), "val": (2,), "test": ()}):
+        with pytest.raises(ValueError, match="has no actor"):
+            Split(**parts)
+    assert Split(train=(1,), val=(), test=(2,)).val == ()

@@ -393,6 +393,8 @@ def test_train_epoch_preempted_saves_the_loss_so_far(host_syncs):
     (["--mixed-precision", "fp16"], "fp16 needs a GPU"),
     (["--test-actors", "1", "--val-actors", "9"], r"actor\(s\) \[9\] are not in the shards"),
     (["--epochs", "0"], "epochs must be positive"),
+    (["--no-validation"], "add --select last"),
+    (["--no-validation", "--select", "last", "--test-actors", "1", "--val-actors", "2"], "drop --val-actors"),
 ])
 def test_inconsistent_options_fail_before_training(setup, extra, message):
     """Bad option combinations: a one-line error and a non-zero exit, no run folder."""
@@ -439,7 +441,9 @@ def test_resume_with_another_model_is_refused(trained, setup):
     (["--intensity", "strong"], "checkpoint has intensity='normal'"),
     (["train_intensities=both"], "checkpoint has train_intensities='same'"),
     (["features.n_mels=16"], "checkpoint has features="),
-], ids=["fold", "actors", "seed", "intensity", "train_intensities", "features"])
+    (["--select", "last"], "checkpoint has select='best', this run asks 'last'"),
+    (["--no-validation", "--select", "last"], "checkpoint has select='best'"),
+], ids=["fold", "actors", "seed", "intensity", "train_intensities", "features", "select", "no-validation"])
 def test_resume_of_another_split_or_seed_is_refused(trained, setup, extra, message):
     """--resume of a fold-0 checkpoint with another fold, other actors, seed, intensity or features: a one-line error
     naming the setting, a non-zero exit, nothing trained."""
@@ -484,3 +488,39 @@ def test_channels_last_and_compile_keep_plain_checkpoints(setup):
         assert list(run.bare_model().state_dict()) == list(plain.state_dict())
     finally:
         run.close()
+
+
+def same_weights(a, b) -> bool:
+    """Two checkpoints hold the same model weights."""
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_select_last_keeps_and_tests_the_last_epoch(setup):
+    """select=last: the whole schedule runs, best.pt is the last epoch's model, validation is still measured."""
+    proc = train(setup, "select-last", "--epochs", "3", "--select", "last", "--patience", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = metrics(setup, "select-last")
+    assert (m["select"], m["best_epoch"], m["epochs_run"]) == ("last", 2, 3)
+    assert all("val_ua" in h for h in m["history"]) and m["val"]["clips"] > 0
+    assert same_weights(setup[0] / "models/select-last/best.pt", setup[0] / "models/select-last/last.pt")
+
+
+def test_no_validation_trains_on_the_validation_fold_and_tests_the_last_epoch(setup):
+    """--no-validation: the validation fold's actors train too (5 of the 6 actors, the test actor held out), no epoch
+    is validated, the last epoch is kept and tested; re-scoring its validation actors is a clear error."""
+    proc = train(setup, "no-val", "--epochs", "2", "--no-validation", "--select", "last")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = metrics(setup, "no-val")
+    assert m["split"]["val"] == [] and m["val"] is None and len(m["split"]["train"]) == 5
+    assert not set(m["split"]["train"]) & set(m["split"]["test"]) and m["test"]["clips"] == 32 * len(m["split"]["test"])
+    keys = json.loads((setup[0] / "models/no-val/ranks.json").read_text())[0]["train_keys_epoch0"]
+    assert {int(k[-2:]) for k in keys} == set(m["split"]["train"])  # the validation fold's actor is among them
+    assert (m["best_epoch"], m["epochs_run"]) == (1, 2) and not any("val_ua" in h for h in m["history"])
+    assert same_weights(setup[0] / "models/no-val/best.pt", setup[0] / "models/no-val/last.pt")
+    tags = {t for events in (setup[0] / "runs/no-val").rglob("events.out.tfevents.*")
+            for t in EventAccumulator(str(events)).Reload().Tags()["scalars"]}
+    assert {"train/loss", "test/ua"} <= tags and not any(t.startswith("val/") or "val_ua" in t for t in tags)
+    out = run_python(["-m", "ravdess_dist.ensemble", str(setup[0] / "models/no-val"), "--out",
+                      str(setup[0] / "no-val-rescored"), "--actors", "val"])
+    assert out.returncode == 2 and "has no val actors" in out.stderr and "Traceback" not in out.stderr
