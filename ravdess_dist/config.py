@@ -135,12 +135,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("lr must be > 0, label_smoothing and ema_decay in [0, 1), warmup_epochs >= 0")
-        device_only = {"features.speech_top_db": self.features.speech_top_db is not None,
-                       "eval_crops > 1": self.eval_crops > 1,
-                       "speaker_norm": self.speaker_norm}
-        for name, used in device_only.items():
-            if used and self.backend != "device":
-                raise ValueError(f"{name} needs --backend device (the {self.backend} backend does not implement it)")
+        used = device_only_in_use(self)
+        if used and self.backend != "device":
+            raise ValueError(f"{', '.join(used)} need(s) --backend device (the {self.backend} backend does not "
+                             f"implement it)")
         if self.augment.speed is not None and self.backend == "torch":
             raise ValueError("augment.speed needs --backend device or dali (the torch backend does not implement it)")
         if self.backend == "dali" and self.train_intensities == "both" and self.intensity == "strong":
@@ -153,6 +151,16 @@ class TrainConfig:
         if not self.validation and self.val_actors:
             raise ValueError("--no-validation trains on every actor but the test actors: drop --val-actors")
         return self
+
+
+def device_only_in_use(cfg: TrainConfig, eval_crops: int | None = None,
+                       eval_speeds: tuple[float, ...] = (1.0,)) -> list[str]:
+    """The settings in use that only the device backend implements: CFG's own (training), or CFG re-scored with
+    EVAL_CROPS windows per clip and EVAL_SPEEDS views (ensembles). One list for both, so they cannot drift apart."""
+    crops = eval_crops or cfg.eval_crops
+    used = {"features.speech_top_db": cfg.features.speech_top_db is not None, f"eval_crops={crops}": crops > 1,
+            "speaker_norm": cfg.speaker_norm, f"eval_speeds={list(eval_speeds)}": tuple(eval_speeds) != (1.0,)}
+    return [name for name, on in used.items() if on]
 
 
 def _is_section(tp) -> bool:

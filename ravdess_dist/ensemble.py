@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 
 from ravdess_dist.checkpoint import load_checkpoint
-from ravdess_dist.config import from_dict
+from ravdess_dist.config import device_only_in_use, from_dict
 from ravdess_dist.data.contract import LoaderSpec
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.evaluate import plot_confusion, window_average
@@ -57,9 +57,9 @@ def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops
     scored, classes, crops = metrics["split"][actors], state["classes"], eval_crops or cfg.eval_crops
     if not scored:
         raise ValueError(f"{run}: has no {actors} actors (a run trained with --no-validation has no validation actors)")
-    if (crops > 1 or tuple(eval_speeds) != (1.0,)) and cfg.backend != "device":  # the others: one plain window
-        raise ValueError(f"{run}: {crops} evaluation windows at speeds {list(eval_speeds)} need a run of the device "
-                         f"backend, not {cfg.backend}")
+    used = device_only_in_use(cfg, crops, eval_speeds)  # the other backends score one plain window
+    if used and cfg.backend != "device":
+        raise ValueError(f"{run}: {', '.join(used)} need(s) a run of the device backend, not {cfg.backend}")
     loader = make_loader(cfg.backend, LoaderSpec(root, Manifest.load(root).select(cfg.intensity, scored), classes,
                                                  cfg.batch_size, False, cfg.features, None, accelerator.device,
                                                  eval_crops=crops, eval_speeds=tuple(eval_speeds),

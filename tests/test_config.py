@@ -266,6 +266,10 @@ def test_precedence_for_sections_and_model_args(yaml_file):
     (["model=nope"], ["model", "nope"]),
     (["ema_decay=1.0"], ["ema_decay", "[0, 1)"]),
     (["config=x.yaml"], ["'config'", "top-level"]),
+    (["backend=torch", "eval_crops=3"], ["eval_crops=3", "--backend device", "torch backend"]),
+    (["backend=dali", "speaker_norm=true", "features.speech_top_db=40"], ["features.speech_top_db, speaker_norm",
+                                                                          "dali backend"]),
+    (["select=best", "--no-validation"], ["--no-validation", "--select last"]),
 ])
 def test_errors_are_one_line_value_errors_naming_the_key(yaml_file, argv, needles):
     """Unknown keys, bad values and stray tokens: one-line ValueErrors naming what is wrong."""
@@ -275,6 +279,17 @@ def test_errors_are_one_line_value_errors_naming_the_key(yaml_file, argv, needle
     assert "\n" not in message
     for needle in needles:
         assert needle in message, f"{needle!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("crops, speeds, expected", [
+    (None, (1.0,), []), (1, (1.0,), []), (3, (1.0,), ["eval_crops=3"]), (None, (0.9, 1.1), ["eval_speeds=[0.9, 1.1]"])])
+def test_device_only_settings_are_one_list_for_training_and_rescoring(crops, speeds, expected):
+    """device_only_in_use names what only the device backend implements: a run's own settings (what validate()
+    refuses elsewhere) and the windows and speed views a re-scoring asks for (what ensembles refuse elsewhere)."""
+    plain = TrainConfig(backend="torch")
+    assert config.device_only_in_use(plain, crops, speeds) == expected
+    lever = TrainConfig(backend="device", speaker_norm=True, features=FeatureConfig(speech_top_db=40.0))
+    assert config.device_only_in_use(lever)[:2] == ["features.speech_top_db", "speaker_norm"]
 
 
 def test_override_errors_come_before_the_config_file_is_read():
