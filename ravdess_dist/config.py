@@ -53,8 +53,9 @@ HELP = {
     "fold": "test fold (validation is the next one)",
     "test_actors": "explicit test actors instead of folds",
     "val_actors": "explicit validation actors instead of folds",
-    "validation": "hold out validation actors (the fold after the test fold, or --val-actors); --no-validation trains on "
-                "them too (20 of 24 actors instead of 16) and needs select=last: nothing is left to choose an epoch on",
+    "validation": "hold out validation actors (the fold after the test fold, or --val-actors); --no-validation "
+                  "trains on them too (20 of 24 actors instead of 16) and needs select=last: nothing is left to "
+                  "choose an epoch on",
     "select": "the model kept as best.pt and tested: the epoch of the best validation UA (best, with patience), or "
               "the last epoch (last: the whole schedule runs)",
     "seed": "random seed",

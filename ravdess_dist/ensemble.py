@@ -10,7 +10,8 @@ Evaluation settings are chosen on validation actors, never on test actors: `--ac
 actors instead (metrics under "val", "scored": "val"), `--eval-crops K` re-scores with K evaluation windows per clip
 instead of each run's own (e.g. to compare 1, 3 and 5 windows on the validation actors of every fold), and
 `--eval-speeds 0.9,1.0,1.1` adds test-time speed views (every window also played at those speeds, probabilities
-averaged).
+averaged). `--checkpoint last` scores each run's last epoch (last.pt) instead of its kept model (best.pt): how the
+two selection rules compare on the CV mean, without training again.
 A single run is an ensemble of one.
 """
 import argparse
@@ -33,6 +34,9 @@ from shards.atomic import write_json
 from shards.manifest import Manifest
 
 
+CHECKPOINTS = ("best", "last")  # a run's kept model (best.pt) and its last epoch (last.pt)
+
+
 @dataclass
 class Member:
     """One run's scores: key -> class probabilities and label, the actors scored, its classes, its metrics.json, and
@@ -43,16 +47,18 @@ class Member:
     classes: list[str]
     metrics: dict
     eval_crops: int
+    epoch: int
 
 
 @torch.no_grad()
 def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops: int | None = None,
-                         actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,)) -> Member:
-    """RUN's best model on its ACTORS ("test" or "val"), with EVAL_CROPS windows per clip (default: the run's own),
-    each played at every factor of EVAL_SPEEDS."""
-    state = load_checkpoint(run / "best.pt")
+                         actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
+                         checkpoint: str = "best") -> Member:
+    """RUN's kept model (CHECKPOINT "best": best.pt) or last epoch ("last": last.pt) on its ACTORS ("test" or "val"),
+    with EVAL_CROPS windows per clip (default: the run's own), each played at every factor of EVAL_SPEEDS."""
+    state = load_checkpoint(run / f"{checkpoint}.pt")
     metrics = json.loads((run / "metrics.json").read_text())
-    cfg = from_dict(state["config"], str(run / "best.pt"))
+    cfg = from_dict(state["config"], str(run / f"{checkpoint}.pt"))
     root = Path(shards or cfg.shards)
     scored, classes, crops = metrics["split"][actors], state["classes"], eval_crops or cfg.eval_crops
     if not scored:
@@ -74,14 +80,18 @@ def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops
         for key, p, y, valid in zip(batch.keys, out, batch.labels.tolist(), batch.valid.tolist()):
             if valid:
                 probs[key], labels[key] = p, y
-    return Member(probs, labels, sorted(scored), classes, metrics, crops)
+    epoch = metrics["best_epoch"] if checkpoint == "best" else state["epoch"] - 1  # last.pt: epochs completed
+    return Member(probs, labels, sorted(scored), classes, metrics, crops, epoch)
 
 
 def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: int | None = None,
-                      actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,)) -> tuple[dict, list]:
-    """Mean probabilities of RUNS over their common clips of ACTORS ("test" or "val"), scored with EVAL_CROPS windows
-    (default: each run's own) at EVAL_SPEEDS; metrics (the ensemble's and each member's) and the ensemble's confusion
-    matrix."""
+                      actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
+                      checkpoint: str = "best") -> tuple[dict, list]:
+    """Mean probabilities of RUNS' CHECKPOINT ("best" or "last") over their common clips of ACTORS ("test" or "val"),
+    scored with EVAL_CROPS windows (default: each run's own) at EVAL_SPEEDS; metrics (the ensemble's and each
+    member's) and the ensemble's confusion matrix."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}")
     if actors not in ("test", "val"):
         raise ValueError(f"actors must be 'test' or 'val', got {actors!r}")
     if eval_crops is not None and eval_crops < 1:
@@ -89,7 +99,8 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
     if not eval_speeds or any(not 0.5 <= f <= 2.0 for f in eval_speeds):
         raise ValueError(f"eval_speeds must be factors between 0.5 and 2, got {list(eval_speeds)}")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    members = [member_probabilities(run, shards, accelerator, eval_crops, actors, eval_speeds) for run in runs]
+    members = [member_probabilities(run, shards, accelerator, eval_crops, actors, eval_speeds, checkpoint)
+               for run in runs]
     first = members[0]
     for run, m in zip(runs, members):
         if m.actors != first.actors or m.classes != first.classes:
@@ -104,18 +115,19 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
     cm = confusion_matrix(labels, member_probs.mean(dim=0).argmax(dim=1).numpy(), len(first.classes))
     result = {"runs": [str(r) for r in runs], "classes": first.classes, "scored": actors, f"{actors}_actors": first.actors,
               actors: summarize(cm, first.classes), "members": [summarize(c, first.classes) for c in scores],
-              "eval_crops": [m.eval_crops for m in members], "eval_speeds": list(eval_speeds),
+              "eval_crops": [m.eval_crops for m in members], "eval_speeds": list(eval_speeds), "checkpoint": checkpoint,
               "confusion_matrix": cm.tolist(),
               "model": "+".join(sorted({m.metrics["model"] for m in members})), "intensity": first.metrics["intensity"],
-              "split": first.metrics["split"], "best_epoch": [m.metrics["best_epoch"] for m in members]}
+              "split": first.metrics["split"], "best_epoch": [m.epoch for m in members]}
     return result, cm
 
 
 def write_ensemble(runs: list[Path], out: Path, shards: Path | None = None, name: str | None = None,
-                   eval_crops: int | None = None, actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,)) -> dict:
-    """Score the ensemble of RUNS (on ACTORS, with EVAL_CROPS windows at EVAL_SPEEDS); write OUT/metrics.json (run NAME,
-    default OUT's name) and OUT/confusion_matrix.png."""
-    result, cm = evaluate_ensemble(runs, shards, eval_crops, actors, eval_speeds)
+                   eval_crops: int | None = None, actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
+                   checkpoint: str = "best") -> dict:
+    """Score the ensemble of RUNS' CHECKPOINT (on ACTORS, with EVAL_CROPS windows at EVAL_SPEEDS); write
+    OUT/metrics.json (run NAME, default OUT's name) and OUT/confusion_matrix.png."""
+    result, cm = evaluate_ensemble(runs, shards, eval_crops, actors, eval_speeds, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"run": name or out.name, **result}
     write_json(out / "metrics.json", metrics)
@@ -140,6 +152,8 @@ def add_scoring_arguments(ap: argparse.ArgumentParser) -> None:
                          "(device-backend runs; default 1.0: the windows as they are)")
     ap.add_argument("--actors", choices=("test", "val"), default="test",
                     help="score the runs' test actors (default) or their validation actors (to choose settings on)")
+    ap.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
+                    help="score each run's kept model (best.pt, default) or its last epoch (last.pt)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         result = write_ensemble(args.runs, args.out, args.shards, eval_crops=args.eval_crops, actors=args.actors,
-                                eval_speeds=args.eval_speeds)
+                                eval_speeds=args.eval_speeds, checkpoint=args.checkpoint)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

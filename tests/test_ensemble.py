@@ -1,5 +1,6 @@
 """ravdess_dist.ensemble: several finished runs of the same test actors, their probabilities averaged."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -50,6 +51,20 @@ def test_a_run_alone_rescored_reproduces_its_own_test_metrics(two_seeds, tmp_pat
     assert alone["test"]["ua"] == pytest.approx(own["test"]["ua"]) and alone["eval_crops"] == [1]
 
 
+def test_checkpoint_last_scores_the_last_epoch(two_seeds, tmp_path):
+    """--checkpoint last scores each run's last.pt: the same scores as a copy of the run whose best.pt is its last.pt,
+    and the metrics name the checkpoint and the last epoch's index."""
+    copy = tmp_path / "copy"
+    shutil.copytree(two_seeds[0], copy)
+    shutil.copy(copy / "last.pt", copy / "best.pt")
+    for args, out in (([str(two_seeds[0]), "--checkpoint", "last"], "last"), ([str(copy)], "copy")):
+        proc = run_python(["-m", "ravdess_dist.ensemble", *args, "--out", str(tmp_path / out)])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    last, copied = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("last", "copy"))
+    assert last["confusion_matrix"] == copied["confusion_matrix"] and last["members"] == copied["members"]
+    assert last["checkpoint"] == "last" and copied["checkpoint"] == "best" and last["best_epoch"] == [1]
+
+
 def test_rescoring_on_validation_actors_with_other_windows(device_seeds, two_seeds, tmp_path):
     """--actors val scores the validation actors (never the test ones), --eval-crops K scores K windows per clip,
     --eval-speeds adds speed views of each; a torch-backend run cannot be scored with several windows or speeds (its
@@ -98,3 +113,8 @@ def test_cv_ensemble_on_validation_actors_summarises_them(setup, tmp_path):
     assert (out / "summary.md").read_text().startswith("Scored on the folds' validation actors.")
     assert "scored: val" in (out / "config.yaml").read_text() and "eval_crops: 2" in (out / "config.yaml").read_text()
     assert np.sum(summary["confusion_matrix"]) == 32 * 6  # each actor is one fold's validation actor once
+    proc = run_python(["-m", "ravdess_dist.cv", "ensemble", str(tmp / "models/cv-rescore"), "--out", str(tmp_path / "l"),
+                       "--checkpoint", "last"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint: last" in (tmp_path / "l/config.yaml").read_text()
+    assert [r["best_epoch"] for r in json.loads((tmp_path / "l/summary.json").read_text())["runs"]] == [[0]] * 3
