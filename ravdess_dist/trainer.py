@@ -441,8 +441,8 @@ class Run:
                 self.best = {"ua": val["ua"] if val else None, "epoch": self.epoch, "val": val}
             self.epoch, self.step_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
             with self.timed("checkpoints"):
-                if improved:
-                    self.checkpoint("best")
+                if improved and (self.cfg.select == "best" or self.epoch == self.cfg.epochs):
+                    self.checkpoint("best")  # select=last: only the final epoch's is kept, so write it once
                 self.checkpoint("last")
         self.check_replicas_agree()
 
