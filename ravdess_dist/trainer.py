@@ -503,7 +503,8 @@ class Run:
 
 
 def training_function(cfg: TrainConfig, last: bool = True) -> dict:
-    """Train, keep the best model by validation UA, evaluate it on the test actors; returns metrics.json's content.
+    """Train, keep the best model by validation UA (or the last epoch's: select=last), evaluate it on the test actors;
+    returns metrics.json's content.
 
     LAST: this is the process's last run, so the process group ends with it (cross-validation passes False until
     its last fold: `end_training` destroys the group, and the next fold's first collective would fail)."""
