@@ -46,6 +46,9 @@ HELP = {
     "label_smoothing": "label smoothing of the cross-entropy loss, in [0, 1)",
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.995 per step), validate, test and save "
                  "it instead of the raw weights; 0 = off",
+    "checkpoint_every_s": "write last.pt after an epoch only when at least this many seconds have passed since the "
+                          "previous write (0: after every epoch); the final epoch and a preemption signal always write "
+                          "it, so a killed run (SIGKILL, a crash) loses at most this much training",
     "class_weights": "inverse-frequency class weights in the loss",
     "mixed_precision": "auto: bf16 on GPU, no on CPU",
     "patience": "early stopping: epochs without a better validation UA",
@@ -104,6 +107,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     ema_decay: float = 0.0
+    checkpoint_every_s: float = 0.0
     class_weights: bool = False
     mixed_precision: str = "auto"
     patience: int = 15
@@ -136,6 +140,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("lr must be > 0, label_smoothing and ema_decay in [0, 1), warmup_epochs >= 0")
+        if self.checkpoint_every_s < 0:
+            raise ValueError(f"checkpoint_every_s must be >= 0 (0: every epoch), got {self.checkpoint_every_s}")
         used = device_only_in_use(self)
         if used and self.backend != "device":
             raise ValueError(f"{', '.join(used)} need(s) --backend device (the {self.backend} backend does not "

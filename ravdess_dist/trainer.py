@@ -312,6 +312,8 @@ class Run:
     def checkpoint(self, name: str) -> None:
         """Write NAME.pt in the run folder (main process), atomically, with every rank's random state (all ranks call)."""
         rng = gather_object([rng_state()])  # rank order: a resumed multi-process epoch replays exactly on every rank
+        if name == "last":
+            self.last_written = time.perf_counter()
         if not self.accelerator.is_main_process:
             return
         scaler = self.accelerator.scaler
@@ -424,12 +426,28 @@ class Run:
         with self.timed("validation"):
             return evaluate(self.evaluated_model(), self.val_loader, self.accelerator, self.classes)[0]
 
+    def running(self) -> bool:
+        """Whether another epoch trains: the budget is not spent and early stopping has not ended the run."""
+        return self.epoch < self.cfg.epochs and self.epoch - self.best["epoch"] <= self.cfg.patience
+
+    def last_due(self) -> bool:
+        """Whether this epoch writes last.pt: always at the end of the run and with checkpoint_every_s 0, else once
+        that many seconds have passed since the previous write, by the main process's clock (every rank must agree:
+        writing is a collective). On a GPU an epoch of these models takes well under a second, a write tens of ms."""
+        every = self.cfg.checkpoint_every_s
+        if every <= 0 or not self.running():
+            return True
+        due = [time.perf_counter() - self.last_written >= every]
+        broadcast_object_list(due)
+        return due[0]
+
     def fit(self) -> None:
         """Train until the epoch budget or early stopping; keep as best.pt the epoch of the best validation UA (never
         test), or with select=last the last epoch (the whole schedule runs: every epoch is the newest "best")."""
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGUSR1, _on_signal)
-        while self.epoch < self.cfg.epochs and self.epoch - self.best["epoch"] <= self.cfg.patience:
+        self.last_written = time.perf_counter()
+        while self.running():
             train = self.train_epoch()
             self.seconds["train_steps"] = self.seconds.get("train_steps", 0.0) + train["seconds"]
             val = self.validate()
@@ -443,7 +461,8 @@ class Run:
             with self.timed("checkpoints"):
                 if improved and (self.cfg.select == "best" or self.epoch == self.cfg.epochs):
                     self.checkpoint("best")  # select=last: only the final epoch's is kept, so write it once
-                self.checkpoint("last")
+                if self.last_due():
+                    self.checkpoint("last")
         self.check_replicas_agree()
 
     def check_replicas_agree(self) -> None:

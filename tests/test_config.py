@@ -265,6 +265,7 @@ def test_precedence_for_sections_and_model_args(yaml_file):
     (["--epochs"], ["--epochs"]),
     (["model=nope"], ["model", "nope"]),
     (["ema_decay=1.0"], ["ema_decay", "[0, 1)"]),
+    (["--checkpoint-every-s", "-1"], ["checkpoint_every_s", ">= 0", "-1"]),
     (["config=x.yaml"], ["'config'", "top-level"]),
     (["backend=torch", "eval_crops=3"], ["eval_crops=3", "--backend device", "torch backend"]),
     (["backend=dali", "speaker_norm=true", "features.speech_top_db=40"], ["features.speech_top_db, speaker_norm",

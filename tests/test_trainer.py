@@ -129,7 +129,8 @@ def test_tensorboard_has_the_expected_tags(trained):
 @pytest.fixture(scope="module")
 def ddp(setup):
     """A finished two-process run of 2 epochs."""
-    proc = launch_two(setup, "ddp", "--epochs", "2", port=29731)
+    # checkpoint_every_s: due after every epoch, but through the main process's clock: the ranks' collective runs
+    proc = launch_two(setup, "ddp", "--epochs", "2", "checkpoint_every_s=1e-9", port=29731)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return metrics(setup, "ddp")
 
@@ -160,6 +161,19 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(trained, setup):
 
 DEVICE_LEVERS = ("--backend", "device", "features.speech_top_db=30", "eval_crops=3", "augment.speed=[0.9,1.0,1.1]",
                  "augment.mixup_alpha=0.2", "--speaker-norm", "ema_decay=0.9")
+
+
+def test_checkpoint_interval_skips_epochs_and_always_writes_the_last(trained, setup):
+    """checkpoint_every_s=3600: a run killed (SIGKILL) in epoch 2 has written no last.pt (no hour has passed), so it
+    starts over; a finished run writes last.pt at its final epoch, and the interval changes no result."""
+    proc = train(setup, "sparse", "--epochs", "4", "checkpoint_every_s=3600", signal_at=(2 * 8 + 3, "SIGKILL"))
+    assert proc.returncode == -9
+    assert not (setup[0] / "models/sparse/last.pt").exists()
+    proc = train(setup, "sparse", "--epochs", "4", "checkpoint_every_s=3600", "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed" not in proc.stdout
+    assert load_checkpoint(setup[0] / "models/sparse/last.pt")["epoch"] == 4
+    assert metrics(setup, "sparse")["test"] == metrics(setup, "base")["test"]
 
 
 def test_device_backend_with_every_lever_resumes_exactly(setup):
