@@ -29,7 +29,6 @@ from ravdess_dist.data.contract import (SHUFFLE_BUFFER, RawBatch, ShardLoader, d
 from shards.audio import PCM16_SCALE
 
 
-
 def shard_urls(urls: list[str], rng: random.Random | None) -> list[dict]:
     """One pass of tar URLs for wds.tarfile_to_samples: in order, or in a fresh random order (training)."""
     return [{"url": url} for url in (rng.sample(urls, len(urls)) if rng else urls)]
