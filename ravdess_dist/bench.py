@@ -6,7 +6,9 @@ recipe (librosa per WAV file), the torch backend and the DALI backend, in one ru
 `python -m ravdess_dist.bench train`: training throughput per backend x model through the trainer's own code (a real
 `Run` and its `train_epoch`): one warm-up epoch, then N timed ones; clips/s, epoch wall time, the share of step time
 spent waiting for data, and peak memory (GPU: torch.cuda.max_memory_allocated; CPU: peak RSS of this process and of the
-loader's worker processes), over the timed epochs only.
+loader's worker processes), over the timed epochs only. `--rounds R` measures every pair R times, model by model and
+the backends' order alternating, and reports medians and each backend's clips/s ratio to the first one per round: on a
+shared machine the pairs' figures drift together, their ratio much less.
 """
 import argparse
 import contextlib
@@ -17,6 +19,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -283,8 +286,69 @@ def measure_training(cfg, epochs: int, warmup: int = 1) -> dict:
         release(run)
 
 
+def measure_pair(args: argparse.Namespace, backend: str, model: str, workdir: Path) -> dict:
+    """One round of one backend x model: its config, a fresh Run, the warm-up and timed epochs; a row (ok, skipped
+    with the reason, or failed with the error)."""
+    row = {"backend": backend, "model": model}
+    try:
+        cfg = train_config(args.shards, model, backend, args.intensity, args.epochs + 1, workdir, args.batch_size,
+                           args.device, args.config, args.recipe)
+        row["batch_size"] = cfg.batch_size
+        with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout keeps the table
+            row.update(measure_training(cfg, args.epochs))
+        if not math.isfinite(row["loss"]):
+            row.update(status="failed", reason=f"loss is {row['loss']}")
+    except Skipped as err:
+        row.update(status="skipped", reason=str(err))
+    except Exception as err:  # noqa: BLE001 - one broken combination must not hide the others
+        row.update(status="failed", reason=f"{type(err).__name__}: {err}")
+    return row
+
+
+def round_order(backends: list[str], models: list[str], round_index: int) -> list[tuple[str, str]]:
+    """The pairs of one round, model by model so that one model's backends run next to each other in time, the
+    backends' order reversed every other round so that none always runs first (after the other's worker processes,
+    or on a machine that is warming up)."""
+    ordered = backends if round_index % 2 == 0 else backends[::-1]
+    return [(backend, model) for model in models for backend in ordered]
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One row from a pair's rounds: the median clips/s, epoch time and data wait over the rounds (each round's
+    clips/s kept in `rounds_clips_per_s`), the highest peak memory, the last round's loss; a round that failed or was
+    skipped makes the row so."""
+    bad = [r for r in rounds if r["status"] != "ok"]
+    if bad:
+        return bad[0]
+    row = dict(rounds[-1])
+    for key in ("clips_per_s", "epoch_s", "data_wait"):
+        row[key] = statistics.median(r[key] for r in rounds)
+    row["peak_mb"] = max(r["peak_mb"] for r in rounds)
+    if all(r.get("workers_mb") is not None for r in rounds):
+        row["workers_mb"] = max(r["workers_mb"] for r in rounds)
+    row["rounds_clips_per_s"] = [r["clips_per_s"] for r in rounds]
+    return row
+
+
+def compare(per_round: dict[tuple[str, str], list[dict]], backends: list[str], models: list[str]) -> list[dict]:
+    """Each backend against the first one, per model: the ratio of their clips/s in every round (measured minutes
+    apart, so a machine's drift cancels) and the median ratio; rounds where either pair was not ok are left out."""
+    out = []
+    for model in models:
+        base = per_round.get((backends[0], model), [])
+        for backend in backends[1:]:
+            ratios = [round(r["clips_per_s"] / b["clips_per_s"], 3)
+                      for b, r in zip(base, per_round.get((backend, model), []))
+                      if b["status"] == r["status"] == "ok"]
+            if ratios:
+                out.append({"model": model, "backend": backend, "versus": backends[0], "ratios": ratios,
+                            "median": statistics.median(ratios)})
+    return out
+
+
 def train(args: argparse.Namespace) -> dict:
-    """Time training for every backend x model; print a table; return (and optionally write) the results."""
+    """Time training for every backend x model, --rounds times over (a fresh Run per pair and round); print a table
+    and the backends' ratios; return (and optionally write) the results."""
     from ravdess_dist.device import DeviceUnusable, resolve_device
 
     try:
@@ -295,30 +359,30 @@ def train(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: no shards at {args.shards} (no manifest.json): run python -m preprocess first")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
+    per_round: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        for backend in args.backends:
-            for model in args.models:
-                row = {"backend": backend, "model": model}
-                try:
-                    cfg = train_config(args.shards, model, backend, args.intensity, args.epochs + 1, Path(tmp),
-                                       args.batch_size, args.device, args.config, args.recipe)
-                    row["batch_size"] = cfg.batch_size
-                    with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout keeps the table
-                        row.update(measure_training(cfg, args.epochs))
-                    if not math.isfinite(row["loss"]):
-                        row.update(status="failed", reason=f"loss is {row['loss']}")
-                except Skipped as err:
-                    row.update(status="skipped", reason=str(err))
-                except Exception as err:  # noqa: BLE001 - one broken combination must not hide the others
-                    row.update(status="failed", reason=f"{type(err).__name__}: {err}")
-                rows.append(row)
-                print(format_train_row(row), flush=True)
+        for index in range(args.rounds):
+            for backend, model in round_order(args.backends, args.models, index):
+                done = per_round.setdefault((backend, model), [])
+                if done and done[0]["status"] == "skipped":
+                    continue  # it cannot run here: once is enough to say why
+                done.append(measure_pair(args, backend, model, Path(tmp)))
+                prefix = f"round {index + 1}/{args.rounds} " if args.rounds > 1 else ""
+                print(prefix + format_train_row(done[-1]), flush=True)
+    rows = [merge_rounds(per_round[(backend, model)]) for backend in args.backends for model in args.models]
+    comparison = compare(per_round, args.backends, args.models)
+    if args.rounds > 1:
+        print("median over the rounds:\n" + TRAIN_HEADER)
+        for row in rows:
+            print(format_train_row(row))
+    for c in comparison:
+        print(f"{c['backend']}/{c['versus']} {c['model']}: clips/s ratio per round "
+              f"{' '.join(f'{r:.2f}' for r in c['ratios'])}, median {c['median']:.2f}")
     info = device_info(device) | {"shards": str(args.shards), "intensity": args.intensity, "epochs": args.epochs,
-                                  "warmup_passes": 1, "batch_size": args.batch_size, "overrides": list(args.config),
-                                  "recipe": args.recipe}
+                                  "warmup_passes": 1, "rounds": args.rounds, "batch_size": args.batch_size,
+                                  "overrides": list(args.config), "recipe": args.recipe}
     print(json.dumps(info))
-    results = {"rows": rows, "info": info}
+    results = {"rows": rows, "comparison": comparison, "info": info}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
@@ -366,6 +430,10 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--models", nargs="+", choices=list_models(), default=list_models())
     tr.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     tr.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up epoch")
+    tr.add_argument("--rounds", type=int, default=1,
+                    help="measure every pair this many times, one pair after the other in each round (a fresh Run, "
+                         "warm-up included); rows give the median, and each backend's clips/s ratio to the first "
+                         "backend per round: on a shared machine, compare backends by that ratio")
     tr.add_argument("--batch-size", type=int, help="per process (default: the model's config)")
     tr.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides passed to load_config after the bench's own, e.g. num_workers=1 features.n_mels=128")
@@ -383,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmark; `train` exits 1 when a combination failed (a skipped one is not a failure)."""
     args = parser().parse_args(argv)
     if args.command == "train":
-        if args.epochs < 1:
-            raise SystemExit("error: --epochs must be at least 1")
+        if args.epochs < 1 or args.rounds < 1:
+            raise SystemExit("error: --epochs and --rounds must be at least 1")
         print(TRAIN_HEADER, flush=True)
         results = train(args)
         return int(any(row["status"] == "failed" for row in results["rows"]))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ravdess_dist.bench import PORTABLE, train_config
+from ravdess_dist.bench import PORTABLE, compare, merge_rounds, round_order, train_config
 from ravdess_dist.data.contract import BACKENDS
 from shards.manifest import Manifest
 from tests.test_loaders import shards  # noqa: F401  (shards is a fixture)
@@ -93,3 +93,45 @@ def test_train_config_compares_the_same_work(shards, tmp_path):  # noqa: F811
     recipe = train_config(shards, "resnet", "device", "normal", 3, tmp_path, recipe=True)
     assert recipe.features.speech_top_db == 40.0 and tuple(recipe.augment.speed) == (0.9, 1.0, 1.1) and recipe.eval_crops == 3
     assert len(PORTABLE) == 4 and Manifest.load(shards).actors == [1, 2, 3, 4]
+
+
+def test_rounds_give_medians_and_per_round_ratios(shards, tmp_path):  # noqa: F811
+    """`bench train --rounds 2`: every pair trains twice (a fresh Run each time); the row holds both rounds' clips/s
+    and their median, and the comparison the device backend's clips/s over the torch backend's in each round."""
+    out = tmp_path / "rounds.json"
+    proc = bench("train", "--shards", shards, "--intensity", "strong", "--models", "cnn", "--backends", "torch",
+                 "device", "--epochs", 1, "--rounds", 2, "--threads", 1, "--config", *TINY, "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    torch_row, device_row = results["rows"]
+    for row in results["rows"]:
+        assert row["status"] == "ok" and len(row["rounds_clips_per_s"]) == 2
+        assert row["clips_per_s"] == pytest.approx(sum(row["rounds_clips_per_s"]) / 2)
+    [comparison] = results["comparison"]
+    assert (comparison["model"], comparison["backend"], comparison["versus"]) == ("cnn", "device", "torch")
+    expected = [d / t for d, t in zip(device_row["rounds_clips_per_s"], torch_row["rounds_clips_per_s"])]
+    assert comparison["ratios"] == pytest.approx(expected, abs=2e-3)
+    assert results["info"]["rounds"] == 2 and "round 2/2 device   cnn" in proc.stdout
+    assert "device/torch cnn: clips/s ratio per round" in proc.stdout
+
+
+def test_round_order_alternates_the_backends_model_by_model():
+    """One model's backends run next to each other, and none of them always first."""
+    assert round_order(["torch", "device"], ["cnn", "resnet"], 0) == [
+        ("torch", "cnn"), ("device", "cnn"), ("torch", "resnet"), ("device", "resnet")]
+    assert round_order(["torch", "device"], ["cnn", "resnet"], 1) == [
+        ("device", "cnn"), ("torch", "cnn"), ("device", "resnet"), ("torch", "resnet")]
+
+
+def test_a_round_that_failed_fails_the_row_and_leaves_the_ratios():
+    """A pair whose second round failed is a failed row with that round's reason; ratios only use rounds where both
+    pairs ran."""
+    ok = {"status": "ok", "clips_per_s": 100.0, "epoch_s": 1.0, "data_wait": 0.1, "peak_mb": 500.0, "loss": 1.0}
+    failed = {"status": "failed", "reason": "RuntimeError: boom"}
+    assert merge_rounds([ok, failed]) == failed
+    merged = merge_rounds([ok, ok | {"clips_per_s": 140.0, "peak_mb": 700.0}, ok | {"clips_per_s": 90.0}])
+    assert merged["clips_per_s"] == 100.0 and merged["peak_mb"] == 700.0
+    assert merged["rounds_clips_per_s"] == [100.0, 140.0, 90.0]
+    per_round = {("torch", "cnn"): [ok, ok], ("device", "cnn"): [ok | {"clips_per_s": 120.0}, failed]}
+    assert compare(per_round, ["torch", "device"], ["cnn"]) == [
+        {"model": "cnn", "backend": "device", "versus": "torch", "ratios": [1.2], "median": 1.2}]
