@@ -118,10 +118,11 @@ def run_folds_concurrently(argv: list[str], folds: int, name: str, output_dir: P
 
 
 def ensemble_folds(cv_dirs: list[Path], out: Path, eval_crops: int | None = None, actors: str = "test",
-                   eval_speeds: tuple[float, ...] = (1.0,), checkpoint: str = "best") -> list[dict]:
+                   eval_speeds: tuple[float, ...] = (1.0,), checkpoint: str = "best",
+                   intensity: str | None = None) -> list[dict]:
     """Fold by fold, the ensemble of the CV runs in CV_DIRS (e.g. one recipe trained with several seeds): OUT/foldK
     holds the ensemble of every CV_DIR/foldK's CHECKPOINT ("best" or "last"), scored on ACTORS with EVAL_CROPS windows
-    at EVAL_SPEEDS (see ravdess_dist.ensemble).
+    at EVAL_SPEEDS, on INTENSITY's task (default: the runs' own; see ravdess_dist.ensemble).
     The runs must have the same folds (same test actors, same classes)."""
     folds = [sorted(p.name for p in d.glob("fold*") if (p / f"{checkpoint}.pt").is_file()
                     and (p / "metrics.json").is_file()) for d in cv_dirs]
@@ -129,7 +130,8 @@ def ensemble_folds(cv_dirs: list[Path], out: Path, eval_crops: int | None = None
         raise ValueError(f"the cross-validation runs must hold the same finished folds ({checkpoint}.pt and "
                          "metrics.json): " + "; ".join(f"{d}: {f or 'none'}" for d, f in zip(cv_dirs, folds)))
     return [write_ensemble([d / fold for d in cv_dirs], out / fold, name=f"{out.name}/{fold}", eval_crops=eval_crops,
-                           actors=actors, eval_speeds=eval_speeds, checkpoint=checkpoint) for fold in folds[0]]
+                           actors=actors, eval_speeds=eval_speeds, checkpoint=checkpoint, intensity=intensity)
+            for fold in folds[0]]
 
 
 def summarize_main(argv: list[str]) -> None:
@@ -156,12 +158,13 @@ def ensemble_main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     try:
         results = ensemble_folds(args.cv_dirs, args.out, args.eval_crops, args.actors, args.eval_speeds,
-                                 args.checkpoint)
+                                 args.checkpoint, args.intensity)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     config = yaml.safe_load((args.cv_dirs[0] / "fold0" / "config.yaml").read_text())
     scoring = {"scored": args.actors, **({"checkpoint": args.checkpoint} if args.checkpoint != "best" else {}),
                **({"eval_crops": args.eval_crops} if args.eval_crops else {}),
+               **({"scored_intensity": args.intensity} if args.intensity else {}),
                **({"eval_speeds": list(args.eval_speeds)} if tuple(args.eval_speeds) != (1.0,) else {})}
     summarize(results, args.out, {"ensemble_of": [str(d) for d in args.cv_dirs], **config, **scoring})
 

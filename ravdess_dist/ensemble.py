@@ -12,6 +12,10 @@ instead of each run's own (e.g. to compare 1, 3 and 5 windows on the validation 
 `--eval-speeds 0.9,1.0,1.1` adds test-time speed views (every window also played at those speeds, probabilities
 averaged). `--checkpoint last` scores each run's last epoch (last.pt) instead of its kept model (best.pt): how the
 two selection rules compare on the CV mean, without training again.
+`--intensity strong|normal` scores every member on that intensity's clips with that task's classes: a run trained for
+another intensity (e.g. an 8-class normal run, trained on both intensities, as a member of a strong ensemble) has its
+probabilities restricted to the task's classes and renormalised, so it cannot predict a class the task lacks
+(neutral on strong); a run that lacks one of the task's classes is refused.
 A single run is an ensemble of one.
 """
 import argparse
@@ -50,23 +54,36 @@ class Member:
     epoch: int
 
 
+def restrict(probs: torch.Tensor, classes: list[str], target: list[str]) -> torch.Tensor:
+    """Class probabilities [..., len(CLASSES)] -> [..., len(TARGET)] (TARGET a subset of CLASSES): the other classes'
+    mass dropped and the rest renormalised, which is the softmax of the TARGET classes' logits alone."""
+    kept = probs[..., [classes.index(c) for c in target]]
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
 @torch.no_grad()
 def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops: int | None = None,
                          actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
-                         checkpoint: str = "best") -> Member:
+                         checkpoint: str = "best", intensity: str | None = None) -> Member:
     """RUN's kept model (CHECKPOINT "best": best.pt) or last epoch ("last": last.pt) on its ACTORS ("test" or "val"),
-    with EVAL_CROPS windows per clip (default: the run's own), each played at every factor of EVAL_SPEEDS."""
+    with EVAL_CROPS windows per clip (default: the run's own), each played at every factor of EVAL_SPEEDS; the clips
+    and classes of INTENSITY (default: the run's own; another one: probabilities restricted to its classes)."""
     state = load_checkpoint(run / f"{checkpoint}.pt")
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = from_dict(state["config"], str(run / f"{checkpoint}.pt"))
     root = Path(shards or cfg.shards)
     scored, classes, crops = metrics["split"][actors], state["classes"], eval_crops or cfg.eval_crops
+    manifest, intensity = Manifest.load(root), intensity or cfg.intensity
+    target = classes if intensity == cfg.intensity else manifest.class_names(intensity)
+    if set(target) - set(classes):
+        raise ValueError(f"{run}: trained for {cfg.intensity} on the classes {classes}, which lack "
+                         f"{sorted(set(target) - set(classes))} of the {intensity} task")
     if not scored:
         raise ValueError(f"{run}: has no {actors} actors (a run trained with --no-validation has no validation actors)")
     used = device_only_in_use(cfg, crops, eval_speeds)  # the other backends score one plain window
     if used and cfg.backend != "device":
         raise ValueError(f"{run}: {', '.join(used)} need(s) a run of the device backend, not {cfg.backend}")
-    loader = make_loader(cfg.backend, LoaderSpec(root, Manifest.load(root).select(cfg.intensity, scored), classes,
+    loader = make_loader(cfg.backend, LoaderSpec(root, manifest.select(intensity, scored), classes,
                                                  cfg.batch_size, False, cfg.features, None, accelerator.device,
                                                  eval_crops=crops, eval_speeds=tuple(eval_speeds),
                                                  speaker_norm=cfg.speaker_norm,
@@ -79,17 +96,18 @@ def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops
         out = window_average(model, batch.features).exp().cpu()
         for key, p, y, valid in zip(batch.keys, out, batch.labels.tolist(), batch.valid.tolist()):
             if valid:
-                probs[key], labels[key] = p, y
+                probs[key], labels[key] = restrict(p, classes, target), target.index(classes[y])
     epoch = metrics["best_epoch"] if checkpoint == "best" else state["epoch"] - 1  # last.pt: epochs completed
-    return Member(probs, labels, sorted(scored), classes, metrics, crops, epoch)
+    return Member(probs, labels, sorted(scored), target, metrics, crops, epoch)
 
 
 def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: int | None = None,
                       actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
-                      checkpoint: str = "best") -> tuple[dict, list]:
+                      checkpoint: str = "best", intensity: str | None = None) -> tuple[dict, list]:
     """Mean probabilities of RUNS' CHECKPOINT ("best" or "last") over their common clips of ACTORS ("test" or "val"),
-    scored with EVAL_CROPS windows (default: each run's own) at EVAL_SPEEDS; metrics (the ensemble's and each
-    member's) and the ensemble's confusion matrix."""
+    scored with EVAL_CROPS windows (default: each run's own) at EVAL_SPEEDS, on INTENSITY's clips and classes
+    (default: each run's own, which must then agree); metrics (the ensemble's and each member's) and the ensemble's
+    confusion matrix."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}")
     if actors not in ("test", "val"):
@@ -99,13 +117,14 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
     if not eval_speeds or any(not 0.5 <= f <= 2.0 for f in eval_speeds):
         raise ValueError(f"eval_speeds must be factors between 0.5 and 2, got {list(eval_speeds)}")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    members = [member_probabilities(run, shards, accelerator, eval_crops, actors, eval_speeds, checkpoint)
+    members = [member_probabilities(run, shards, accelerator, eval_crops, actors, eval_speeds, checkpoint, intensity)
                for run in runs]
     first = members[0]
     for run, m in zip(runs, members):
         if m.actors != first.actors or m.classes != first.classes:
             raise ValueError(f"{run}: {actors} actors {m.actors} / classes {m.classes} differ from {runs[0]}'s "
-                             f"{first.actors} / {first.classes}: an ensemble needs the same {actors} set")
+                             f"{first.actors} / {first.classes}: an ensemble needs the same {actors} set"
+                             + ("" if intensity else " (--intensity scores every member on one intensity's task)"))
     keys = sorted(first.probs)
     if any(sorted(m.probs) != keys for m in members):
         raise ValueError("the members scored different clips")
@@ -117,17 +136,19 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
               actors: summarize(cm, first.classes), "members": [summarize(c, first.classes) for c in scores],
               "eval_crops": [m.eval_crops for m in members], "eval_speeds": list(eval_speeds), "checkpoint": checkpoint,
               "confusion_matrix": cm.tolist(),
-              "model": "+".join(sorted({m.metrics["model"] for m in members})), "intensity": first.metrics["intensity"],
+              "model": "+".join(sorted({m.metrics["model"] for m in members})),
+              "intensity": intensity or first.metrics["intensity"],
+              "member_intensities": [m.metrics["intensity"] for m in members],
               "split": first.metrics["split"], "best_epoch": [m.epoch for m in members]}
     return result, cm
 
 
 def write_ensemble(runs: list[Path], out: Path, shards: Path | None = None, name: str | None = None,
                    eval_crops: int | None = None, actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
-                   checkpoint: str = "best") -> dict:
-    """Score the ensemble of RUNS' CHECKPOINT (on ACTORS, with EVAL_CROPS windows at EVAL_SPEEDS); write
-    OUT/metrics.json (run NAME, default OUT's name) and OUT/confusion_matrix.png."""
-    result, cm = evaluate_ensemble(runs, shards, eval_crops, actors, eval_speeds, checkpoint)
+                   checkpoint: str = "best", intensity: str | None = None) -> dict:
+    """Score the ensemble of RUNS' CHECKPOINT (on ACTORS, with EVAL_CROPS windows at EVAL_SPEEDS, on INTENSITY's task);
+    write OUT/metrics.json (run NAME, default OUT's name) and OUT/confusion_matrix.png."""
+    result, cm = evaluate_ensemble(runs, shards, eval_crops, actors, eval_speeds, checkpoint, intensity)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"run": name or out.name, **result}
     write_json(out / "metrics.json", metrics)
@@ -154,6 +175,9 @@ def add_scoring_arguments(ap: argparse.ArgumentParser) -> None:
                     help="score the runs' test actors (default) or their validation actors (to choose settings on)")
     ap.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
                     help="score each run's kept model (best.pt, default) or its last epoch (last.pt)")
+    ap.add_argument("--intensity", choices=("normal", "strong"),
+                    help="score every member on this intensity's clips and classes (default: each run's own); a run "
+                         "of the other intensity has its probabilities restricted to this task's classes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         result = write_ensemble(args.runs, args.out, args.shards, eval_crops=args.eval_crops, actors=args.actors,
-                                eval_speeds=args.eval_speeds, checkpoint=args.checkpoint)
+                                eval_speeds=args.eval_speeds, checkpoint=args.checkpoint, intensity=args.intensity)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

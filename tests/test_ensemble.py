@@ -4,6 +4,9 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+
+from ravdess_dist.ensemble import restrict
 
 from tests.trainer_fixtures import run_python, run_train, train_args
 
@@ -118,3 +121,37 @@ def test_cv_ensemble_on_validation_actors_summarises_them(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint: last" in (tmp_path / "l/config.yaml").read_text()
     assert [r["best_epoch"] for r in json.loads((tmp_path / "l/summary.json").read_text())["runs"]] == [[0]] * 3
+
+
+def test_restricting_probabilities_is_the_softmax_of_the_kept_logits():
+    """An 8-class model's probabilities restricted to the 7 strong classes equal the softmax of those 7 logits."""
+    classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    logits = torch.randn(5, 8)
+    kept = restrict(logits.softmax(dim=1), classes, classes[1:])
+    assert torch.allclose(kept, logits[:, 1:].softmax(dim=1), atol=1e-6)
+    assert torch.allclose(restrict(logits.softmax(dim=1), classes, ["sad", "calm"]), logits[:, [3, 1]].softmax(dim=1))
+
+
+def test_a_normal_run_scores_the_strong_task_without_neutral(two_seeds, setup, tmp_path):
+    """--intensity strong: an 8-class normal run scores its test actors' strong clips on the 7 strong classes (so it
+    cannot predict neutral), alone or beside a strong run; without --intensity the two class lists are an error that
+    names the flag, and a strong run cannot score the normal task (it lacks neutral)."""
+    proc = run_train(setup, "strong-member", "--epochs", "1", "--intensity", "strong")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    strong, normal = setup[0] / "models" / "strong-member", two_seeds[0]
+    out = tmp_path / "cross"
+    proc = run_python(["-m", "ravdess_dist.ensemble", str(strong), str(normal), "--intensity", "strong",
+                       "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["intensity"] == "strong" and m["member_intensities"] == ["strong", "normal"]
+    assert "neutral" not in m["classes"] and len(m["classes"]) == 7 and np.shape(m["confusion_matrix"]) == (7, 7)
+    assert m["test"]["clips"] == 28 * len(m["test_actors"]) == sum(map(sum, m["confusion_matrix"]))
+    alone = run_python(["-m", "ravdess_dist.ensemble", str(normal), "--intensity", "strong", "--out", str(tmp_path / "a")])
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    a = json.loads((tmp_path / "a/metrics.json").read_text())
+    assert a["classes"] == m["classes"] and a["test"]["clips"] == m["test"]["clips"] and a["members"][0] == m["members"][1]
+    mixed = run_python(["-m", "ravdess_dist.ensemble", str(strong), str(normal), "--out", str(tmp_path / "b")])
+    assert mixed.returncode == 2 and "--intensity scores every member on one intensity's task" in mixed.stderr
+    lacking = run_python(["-m", "ravdess_dist.ensemble", str(strong), "--intensity", "normal", "--out", str(tmp_path / "c")])
+    assert lacking.returncode == 2 and "lack ['neutral'] of the normal task" in lacking.stderr
