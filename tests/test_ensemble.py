@@ -121,6 +121,13 @@ def test_cv_ensemble_on_validation_actors_summarises_them(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint: last" in (tmp_path / "l/config.yaml").read_text()
     assert [r["best_epoch"] for r in json.loads((tmp_path / "l/summary.json").read_text())["runs"]] == [[0]] * 3
+    # the normal runs scored on the strong task: 7 classes, the summary's rows and config say strong
+    proc = run_python(["-m", "ravdess_dist.cv", "ensemble", str(tmp / "models/cv-rescore"), "--out", str(tmp_path / "s"),
+                       "--intensity", "strong"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    strong = json.loads((tmp_path / "s/summary.json").read_text())
+    assert {r["intensity"] for r in strong["runs"]} == {"strong"} and np.shape(strong["confusion_matrix"]) == (7, 7)
+    assert np.sum(strong["confusion_matrix"]) == 28 * 6 and "scored_intensity: strong" in (tmp_path / "s/config.yaml").read_text()
 
 
 def test_restricting_probabilities_is_the_softmax_of_the_kept_logits():
