@@ -5,10 +5,13 @@
     python -m ravdess_dist.cv summarize RUN_DIR_OR_METRICS_JSON... --out DIR   (e.g. after a SLURM array)
     python -m ravdess_dist.cv ensemble CV_DIR CV_DIR... --out DIR   (fold K = the ensemble of every CV_DIR/foldK)
     python -m ravdess_dist.cv ensemble CV_DIR... --out DIR --actors val --eval-crops 5   (re-scored on validation actors)
+    python -m ravdess_dist.cv export CV_DIR --out results/NAME   (the CV without its checkpoints, to keep or share)
+    python -m ravdess_dist.cv ensemble results/A results/B --predictions --out DIR   (from exported predictions)
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from ravdess_dist.ensemble import add_scoring_arguments, write_ensemble
 from ravdess_dist.evaluate import plot_confusion
 from ravdess_dist.metrics import summarize as summarize_cm
 from ravdess_dist.trainer import training_function
-from shards.atomic import write_json
+from shards.atomic import atomic_path, write_json, write_text
 
 METRICS = ("wa", "ua", "macro_f1")
 TRAIN_PY = Path(__file__).resolve().parent.parent / "train.py"
@@ -119,18 +122,21 @@ def run_folds_concurrently(argv: list[str], folds: int, name: str, output_dir: P
 
 def ensemble_folds(cv_dirs: list[Path], out: Path, eval_crops: int | None = None, actors: str = "test",
                    eval_speeds: tuple[float, ...] = (1.0,), checkpoint: str = "best",
-                   intensity: str | None = None) -> list[dict]:
+                   intensity: str | None = None, predictions: bool = False) -> list[dict]:
     """Fold by fold, the ensemble of the CV runs in CV_DIRS (e.g. one recipe trained with several seeds): OUT/foldK
     holds the ensemble of every CV_DIR/foldK's CHECKPOINT ("best" or "last"), scored on ACTORS with EVAL_CROPS windows
-    at EVAL_SPEEDS, on INTENSITY's task (default: the runs' own; see ravdess_dist.ensemble).
+    at EVAL_SPEEDS, on INTENSITY's task (default: the runs' own), or of their own test PREDICTIONS (predictions.json:
+    e.g. results/ folders, whose checkpoints are not kept; see ravdess_dist.ensemble).
     The runs must have the same folds (same test actors, same classes)."""
-    folds = [sorted(p.name for p in d.glob("fold*") if (p / f"{checkpoint}.pt").is_file()
+    needed = "predictions.json" if predictions else f"{checkpoint}.pt"
+    folds = [sorted(p.name for p in d.glob("fold*") if (p / needed).is_file()
                     and (p / "metrics.json").is_file()) for d in cv_dirs]
     if not folds[0] or any(f != folds[0] for f in folds):
-        raise ValueError(f"the cross-validation runs must hold the same finished folds ({checkpoint}.pt and "
+        raise ValueError(f"the cross-validation runs must hold the same finished folds ({needed} and "
                          "metrics.json): " + "; ".join(f"{d}: {f or 'none'}" for d, f in zip(cv_dirs, folds)))
     return [write_ensemble([d / fold for d in cv_dirs], out / fold, name=f"{out.name}/{fold}", eval_crops=eval_crops,
-                           actors=actors, eval_speeds=eval_speeds, checkpoint=checkpoint, intensity=intensity)
+                           actors=actors, eval_speeds=eval_speeds, checkpoint=checkpoint, intensity=intensity,
+                           predictions=predictions)
             for fold in folds[0]]
 
 
@@ -148,6 +154,15 @@ def summarize_main(argv: list[str]) -> None:
         sys.exit(f"error: {err}")
 
 
+def first_config(cv_dir: Path) -> dict:
+    """The settings of a CV folder's runs: fold0/config.yaml (a run's), or the folder's own config.yaml (a summary's,
+    e.g. a results/ folder, or an ensemble's, which lists its members)."""
+    for path in (cv_dir / "fold0" / "config.yaml", cv_dir / "config.yaml"):
+        if path.is_file():
+            return yaml.safe_load(path.read_text())
+    return {}
+
+
 def ensemble_main(argv: list[str]) -> None:
     """`cv ensemble CV_DIR... --out DIR [--eval-crops K] [--actors val]`: several cross-validations of the same folds
     averaged fold by fold (one CV_DIR: that run re-scored, e.g. on its validation actors with other windows)."""
@@ -158,14 +173,16 @@ def ensemble_main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     try:
         results = ensemble_folds(args.cv_dirs, args.out, args.eval_crops, args.actors, args.eval_speeds,
-                                 args.checkpoint, args.intensity)
+                                 args.checkpoint, args.intensity, args.predictions)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
-    config = yaml.safe_load((args.cv_dirs[0] / "fold0" / "config.yaml").read_text())
+    config = first_config(args.cv_dirs[0])
     scoring = {"scored": args.actors, **({"checkpoint": args.checkpoint} if args.checkpoint != "best" else {}),
+               **({"source": "predictions"} if args.predictions else {}),
                **({"eval_crops": args.eval_crops} if args.eval_crops else {}),
                **({"scored_intensity": args.intensity} if args.intensity else {}),
                **({"eval_speeds": list(args.eval_speeds)} if tuple(args.eval_speeds) != (1.0,) else {})}
+    config.pop("ensemble_of", None)  # members that are ensembles themselves: this ensemble's list replaces theirs
     summarize(results, args.out, {"ensemble_of": [str(d) for d in args.cv_dirs], **config, **scoring})
 
 
@@ -194,7 +211,54 @@ def train_main(argv: list[str]) -> None:
     summarize(results, Path(cfg.output_dir) / name, to_dict(fold_cfg))
 
 
-SUBCOMMANDS = {"summarize": summarize_main, "ensemble": ensemble_main}  # anything else: train the folds
+SUMMARY_FILES = ("summary.json", "summary.md", "config.yaml", "confusion_matrix.png")
+FOLD_FILES = ("metrics.json", "predictions.json", "confusion_matrix.png")
+
+
+def console_lines(log: str) -> str:
+    """A fold's console log without its progress bars: of each line, what follows its last carriage return (the log
+    must be read as bytes: text mode turns carriage returns into newlines, and so does str.splitlines)."""
+    lines = (line.rsplit("\r", 1)[-1].rstrip() for line in log.split("\n"))
+    return "".join(line + "\n" for line in lines if line)
+
+
+def export(cv_dir: Path, out: Path) -> list[Path]:
+    """CV_DIR without its checkpoints, into OUT (e.g. results/NAME, small enough to commit): the summary files, each
+    fold's metrics.json, predictions.json (every class's probability per test clip: `cv ensemble --predictions` forms
+    ensembles from them) and confusion matrix, and each fold's console log (foldK.log of `--jobs`) without progress
+    bars as logs/foldK.txt. Returns the files written; an unfinished CV (no summary.json) is an error."""
+    if not (cv_dir / "summary.json").is_file():
+        raise FileNotFoundError(f"{cv_dir}: no summary.json (did the cross-validation finish?)")
+    copies = [(cv_dir / name, out / name) for name in SUMMARY_FILES]
+    for fold in sorted(p for p in cv_dir.glob("fold*") if p.is_dir()):
+        copies += [(fold / name, out / fold.name / name) for name in FOLD_FILES]
+    written = []
+    for src, dst in copies:
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+            written.append(dst)
+    for log in sorted(cv_dir.glob("fold*.log")):
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        written.append(write_text(out / "logs" / f"{log.stem}.txt", console_lines(log.read_bytes().decode(errors="replace"))))
+    return written
+
+
+def export_main(argv: list[str]) -> None:
+    """`cv export CV_DIR --out DIR`: the finished CV without its checkpoints."""
+    ap = argparse.ArgumentParser(prog="python -m ravdess_dist.cv export")
+    ap.add_argument("cv_dir", type=Path, help="a finished cross-validation folder")
+    ap.add_argument("--out", type=Path, required=True, help="e.g. results/NAME")
+    args = ap.parse_args(argv)
+    try:
+        written = export(args.cv_dir, args.out)
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    print(f"{len(written)} files in {args.out}")
+
+
+SUBCOMMANDS = {"summarize": summarize_main, "ensemble": ensemble_main, "export": export_main}  # else: train the folds
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,10 @@ two selection rules compare on the CV mean, without training again.
 another intensity (e.g. an 8-class normal run, trained on both intensities, as a member of a strong ensemble) has its
 probabilities restricted to the task's classes and renormalised, so it cannot predict a class the task lacks
 (neutral on strong); a run that lacks one of the task's classes is refused.
+`--predictions` takes each member's test predictions from its predictions.json (every class's probability per clip,
+written by the trainer and by this command) instead of scoring its checkpoint: ensembles of runs whose checkpoints
+are gone, e.g. of the folders committed under results/. Those are the runs' own test scores, so the re-scoring
+options (--actors, --eval-crops, --eval-speeds, --checkpoint, another --intensity) do not apply to them.
 A single run is an ensemble of one.
 """
 import argparse
@@ -31,7 +35,7 @@ from ravdess_dist.checkpoint import load_checkpoint
 from ravdess_dist.config import device_only_in_use, from_dict
 from ravdess_dist.data.contract import LoaderSpec
 from ravdess_dist.data.factory import make_loader
-from ravdess_dist.evaluate import plot_confusion, window_average
+from ravdess_dist.evaluate import plot_confusion, prediction_rows, window_average
 from ravdess_dist.metrics import confusion_matrix, summarize
 from ravdess_dist.models import create_model
 from shards.atomic import write_json
@@ -101,13 +105,48 @@ def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops
     return Member(probs, labels, sorted(scored), target, metrics, crops, epoch)
 
 
+def predicted_member(run: Path, intensity: str | None = None) -> Member:
+    """RUN's test scores as it wrote them: predictions.json (every class's probability per clip) and metrics.json, no
+    checkpoint. INTENSITY, when given, must be the run's own: its predictions cover only its own task's clips."""
+    files = [run / "predictions.json", run / "metrics.json"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--predictions needs {' and '.join(missing)}")
+    rows, metrics = (json.loads(f.read_text()) for f in files)
+    if metrics.get("scored", "test") != "test":
+        raise ValueError(f"{run}: its predictions are of its {metrics['scored']} actors, not its test actors")
+    if intensity and intensity != metrics["intensity"]:
+        raise ValueError(f"{run}: its predictions are of {metrics['intensity']} clips; scoring it on {intensity} needs "
+                         "its checkpoint (drop --predictions)")
+    classes = metrics["classes"]
+    if not rows or any(list(r.get("probs", {})) != classes for r in rows):
+        raise ValueError(f"{run / 'predictions.json'}: every row needs `probs` with every class of {classes} in "
+                         "order (predictions written before they carried every class's probability)")
+    probs = {r["key"]: torch.tensor([r["probs"][c] for c in classes]) for r in rows}
+    labels = {r["key"]: classes.index(r["label"]) for r in rows}
+    actors = metrics.get("test_actors") or metrics["split"]["test"]  # an ensemble's metrics, or a run's
+    crops = metrics.get("eval_crops")
+    return Member(probs, labels, sorted(actors), classes, metrics, crops, metrics["best_epoch"])
+
+
+def check_predictions_scoring(actors: str, eval_crops: int | None, eval_speeds: tuple[float, ...], checkpoint: str) -> None:
+    """--predictions scores what the runs wrote: the options that re-score a checkpoint are an error with it."""
+    changed = [flag for flag, on in (("--actors val", actors != "test"), ("--eval-crops", eval_crops is not None),
+                                     ("--eval-speeds", tuple(eval_speeds) != (1.0,)),
+                                     ("--checkpoint last", checkpoint != "best")) if on]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} re-score(s) a checkpoint; --predictions takes the runs' own test "
+                         "predictions as they were written")
+
+
 def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: int | None = None,
                       actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
-                      checkpoint: str = "best", intensity: str | None = None) -> tuple[dict, list]:
+                      checkpoint: str = "best", intensity: str | None = None,
+                      predictions: bool = False) -> tuple[dict, list, list[dict]]:
     """Mean probabilities of RUNS' CHECKPOINT ("best" or "last") over their common clips of ACTORS ("test" or "val"),
     scored with EVAL_CROPS windows (default: each run's own) at EVAL_SPEEDS, on INTENSITY's clips and classes
-    (default: each run's own, which must then agree); metrics (the ensemble's and each member's) and the ensemble's
-    confusion matrix."""
+    (default: each run's own, which must then agree), or with PREDICTIONS the runs' own test predictions; metrics (the
+    ensemble's and each member's), the ensemble's confusion matrix and its per-clip predictions."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {list(CHECKPOINTS)}, got {checkpoint!r}")
     if actors not in ("test", "val"):
@@ -116,9 +155,13 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
         raise ValueError(f"eval_crops must be >= 1, got {eval_crops}")
     if not eval_speeds or any(not 0.5 <= f <= 2.0 for f in eval_speeds):
         raise ValueError(f"eval_speeds must be factors between 0.5 and 2, got {list(eval_speeds)}")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    members = [member_probabilities(run, shards, accelerator, eval_crops, actors, eval_speeds, checkpoint, intensity)
-               for run in runs]
+    if predictions:
+        check_predictions_scoring(actors, eval_crops, eval_speeds, checkpoint)
+        members = [predicted_member(run, intensity) for run in runs]
+    else:
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        members = [member_probabilities(run, shards, accelerator, eval_crops, actors, eval_speeds, checkpoint,
+                                        intensity) for run in runs]
     first = members[0]
     for run, m in zip(runs, members):
         if m.actors != first.actors or m.classes != first.classes:
@@ -131,7 +174,8 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
     member_probs = torch.stack([torch.stack([m.probs[k] for k in keys]) for m in members])  # [members, clips, classes]
     labels = [first.labels[k] for k in keys]
     scores = [confusion_matrix(labels, p.argmax(dim=1).numpy(), len(first.classes)) for p in member_probs]
-    cm = confusion_matrix(labels, member_probs.mean(dim=0).argmax(dim=1).numpy(), len(first.classes))
+    mean = member_probs.mean(dim=0)
+    cm = confusion_matrix(labels, mean.argmax(dim=1).numpy(), len(first.classes))
     result = {"runs": [str(r) for r in runs], "classes": first.classes, "scored": actors, f"{actors}_actors": first.actors,
               actors: summarize(cm, first.classes), "members": [summarize(c, first.classes) for c in scores],
               "eval_crops": [m.eval_crops for m in members], "eval_speeds": list(eval_speeds), "checkpoint": checkpoint,
@@ -139,19 +183,23 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
               "model": "+".join(sorted({m.metrics["model"] for m in members})),
               "intensity": intensity or first.metrics["intensity"],
               "member_intensities": [m.metrics["intensity"] for m in members],
-              "split": first.metrics["split"], "best_epoch": [m.epoch for m in members]}
-    return result, cm
+              "split": first.metrics["split"], "best_epoch": [m.epoch for m in members],
+              **({"source": "predictions"} if predictions else {})}
+    return result, cm, prediction_rows(keys, labels, mean, first.classes)
 
 
 def write_ensemble(runs: list[Path], out: Path, shards: Path | None = None, name: str | None = None,
                    eval_crops: int | None = None, actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
-                   checkpoint: str = "best", intensity: str | None = None) -> dict:
-    """Score the ensemble of RUNS' CHECKPOINT (on ACTORS, with EVAL_CROPS windows at EVAL_SPEEDS, on INTENSITY's task);
-    write OUT/metrics.json (run NAME, default OUT's name) and OUT/confusion_matrix.png."""
-    result, cm = evaluate_ensemble(runs, shards, eval_crops, actors, eval_speeds, checkpoint, intensity)
+                   checkpoint: str = "best", intensity: str | None = None, predictions: bool = False) -> dict:
+    """Score the ensemble of RUNS' CHECKPOINT (on ACTORS, with EVAL_CROPS windows at EVAL_SPEEDS, on INTENSITY's task),
+    or of their own test PREDICTIONS; write OUT/metrics.json (run NAME, default OUT's name), OUT/predictions.json and
+    OUT/confusion_matrix.png."""
+    result, cm, rows = evaluate_ensemble(runs, shards, eval_crops, actors, eval_speeds, checkpoint, intensity,
+                                         predictions)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"run": name or out.name, **result}
     write_json(out / "metrics.json", metrics)
+    write_json(out / "predictions.json", rows)
     title = f"ensemble of {len(runs)}: {actors} UA {result[actors]['ua']:.3f}"
     plot_confusion(cm, result["classes"], title).savefig(out / "confusion_matrix.png")
     return metrics
@@ -175,6 +223,9 @@ def add_scoring_arguments(ap: argparse.ArgumentParser) -> None:
                     help="score the runs' test actors (default) or their validation actors (to choose settings on)")
     ap.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
                     help="score each run's kept model (best.pt, default) or its last epoch (last.pt)")
+    ap.add_argument("--predictions", action="store_true",
+                    help="take each run's own test predictions (predictions.json with every class's probability, "
+                         "beside metrics.json) instead of scoring its checkpoint: runs whose checkpoints are gone")
     ap.add_argument("--intensity", choices=("normal", "strong"),
                     help="score every member on this intensity's clips and classes (default: each run's own); a run "
                          "of the other intensity has its probabilities restricted to this task's classes")
@@ -191,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         result = write_ensemble(args.runs, args.out, args.shards, eval_crops=args.eval_crops, actors=args.actors,
-                                eval_speeds=args.eval_speeds, checkpoint=args.checkpoint, intensity=args.intensity)
+                                eval_speeds=args.eval_speeds, checkpoint=args.checkpoint, intensity=args.intensity,
+                                predictions=args.predictions)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

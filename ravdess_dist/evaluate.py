@@ -36,9 +36,16 @@ def evaluate(model, loader, accelerator, class_names: list[str]) -> tuple[dict, 
     probs = logits.softmax(dim=1)
     preds = probs.argmax(dim=1)
     cm = confusion_matrix(labels.numpy(), preds.numpy(), len(class_names))
-    rows = [{"key": k, "label": class_names[t], "pred": class_names[p], "prob": round(float(pr[p]), 4)}
-            for k, t, p, pr in zip(keys, labels.tolist(), preds.tolist(), probs)]
-    return summarize(cm, class_names), cm, rows
+    return summarize(cm, class_names), cm, prediction_rows(keys, labels.tolist(), probs, class_names)
+
+
+def prediction_rows(keys: list[str], labels: list[int], probs: torch.Tensor, class_names: list[str]) -> list[dict]:
+    """predictions.json: per clip its key, true and predicted class, the predicted class's probability (`prob`) and
+    every class's (`probs`, in class order), so that ensembles and error analyses need the predictions, not the
+    checkpoints (`ensemble --predictions`)."""
+    return [{"key": k, "label": class_names[t], "pred": class_names[int(pr.argmax())], "prob": round(float(pr.max()), 4),
+             "probs": {c: round(float(x), 6) for c, x in zip(class_names, pr.tolist())}}
+            for k, t, pr in zip(keys, labels, probs)]
 
 
 def window_average(model, features: torch.Tensor) -> torch.Tensor:

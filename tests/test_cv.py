@@ -51,6 +51,17 @@ def test_cross_validation_with_concurrent_fold_processes(setup):
     assert [r["run"] for r in summary["runs"]] == ["cvj/fold0", "cvj/fold1", "cvj/fold2"]
     assert sorted(a for r in summary["runs"] for a in r["test_actors"]) == [1, 2, 3, 4, 5, 6]
     assert "run cvj/fold1:" in (tmp / "models/cvj/fold1.log").read_text()
+    # `cv export`: the CV without checkpoints (what results/ keeps), its logs without progress bars
+    export = run_python(["-m", "ravdess_dist.cv", "export", str(tmp / "models/cvj"), "--out", str(tmp / "kept")])
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert json.loads((tmp / "kept/summary.json").read_text()) == summary and not list((tmp / "kept").rglob("*.pt"))
+    for fold in range(3):
+        assert {p.name for p in (tmp / f"kept/fold{fold}").iterdir()} == {"metrics.json", "predictions.json",
+                                                                          "confusion_matrix.png"}
+        log = (tmp / f"kept/logs/fold{fold}.txt").read_text()
+        assert f"run cvj/fold{fold}:" in log and "epoch 0: loss" in log and "\r" not in log and "it/s]" not in log
+    unfinished = run_python(["-m", "ravdess_dist.cv", "export", str(tmp / "models"), "--out", str(tmp / "none")])
+    assert unfinished.returncode == 1 and "no summary.json" in unfinished.stderr and not (tmp / "none").exists()
     bad = run_python(["-m", "ravdess_dist.cv", "--jobs=2", *train_args(tmp, shards, config, "cvbad", "--folds", "3",
                                                                       "--epochs", "1", "--shards", str(tmp / "none"))])
     assert bad.returncode != 0 and "fold(s) [0, 1, 2] failed" in bad.stderr and "cvbad/fold0.log" in bad.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ravdess_dist.ensemble import restrict
+from ravdess_dist.ensemble import main as ensemble_main, restrict
 
 from tests.trainer_fixtures import run_python, run_train, train_args
 
@@ -41,6 +41,47 @@ def test_ensemble_of_runs_with_other_test_actors_is_refused(two_seeds, setup, tm
                       "--out", str(tmp_path / "bad")])
     assert bad.returncode == 2 and "an ensemble needs the same test set" in bad.stderr
     assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_ensemble_of_predictions_equals_the_ensemble_of_checkpoints(two_seeds, tmp_path):
+    """--predictions averages the runs' own predictions.json (no checkpoint read): the same members, confusion matrix
+    and per-clip probabilities as scoring their best.pt; its own predictions.json can be a member in turn."""
+    runs = [tmp_path / name for name in ("a", "b")]
+    for src, dst in zip(two_seeds, runs):  # what a results/ folder keeps: no checkpoints
+        dst.mkdir()
+        for name in ("metrics.json", "predictions.json"):
+            shutil.copy(src / name, dst / name)
+    scored = run_python(["-m", "ravdess_dist.ensemble", *map(str, two_seeds), "--out", str(tmp_path / "scored")])
+    read = run_python(["-m", "ravdess_dist.ensemble", *map(str, runs), "--predictions", "--out", str(tmp_path / "read")])
+    assert scored.returncode == 0 and read.returncode == 0, scored.stderr[-2000:] + read.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("scored", "read"))
+    assert a["confusion_matrix"] == b["confusion_matrix"] and a["members"] == b["members"] and b["source"] == "predictions"
+    pa, pb = (json.loads((tmp_path / d / "predictions.json").read_text()) for d in ("scored", "read"))
+    assert [r["key"] for r in pa] == [r["key"] for r in pb] and len(pa) == a["test"]["clips"]
+    assert all(x["probs"] == pytest.approx(y["probs"], abs=1e-5) for x, y in zip(pa, pb))
+    nested = run_python(["-m", "ravdess_dist.ensemble", str(tmp_path / "read"), "--predictions",
+                         "--out", str(tmp_path / "nested")])
+    assert nested.returncode == 0, nested.stderr[-2000:]
+    assert json.loads((tmp_path / "nested/metrics.json").read_text())["confusion_matrix"] == b["confusion_matrix"]
+
+
+def test_ensemble_of_predictions_refuses_what_needs_a_checkpoint(two_seeds, tmp_path, capsys):
+    """--predictions with a re-scoring option, with another intensity, or on rows without every class's probability
+    (predictions of an older trainer) is a one-line error naming the cause; nothing is written."""
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(two_seeds[0] / "metrics.json", old / "metrics.json")
+    rows = json.loads((two_seeds[0] / "predictions.json").read_text())
+    (old / "predictions.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "probs"} for r in rows]))
+    cases = [([str(two_seeds[0]), "--eval-crops", "3"], "--eval-crops re-score(s) a checkpoint"),
+             ([str(two_seeds[0]), "--checkpoint", "last"], "--checkpoint last re-score(s) a checkpoint"),
+             ([str(two_seeds[0]), "--intensity", "strong"], "its predictions are of normal clips"),
+             ([str(old)], "every row needs `probs`")]
+    for i, (args, message) in enumerate(cases):
+        code = ensemble_main([*args, "--predictions", "--out", str(tmp_path / f"o{i}")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (args, err)
+        assert not (tmp_path / f"o{i}").exists()
 
 
 def test_a_run_alone_rescored_reproduces_its_own_test_metrics(two_seeds, tmp_path):
@@ -128,6 +169,19 @@ def test_cv_ensemble_on_validation_actors_summarises_them(setup, tmp_path):
     strong = json.loads((tmp_path / "s/summary.json").read_text())
     assert {r["intensity"] for r in strong["runs"]} == {"strong"} and np.shape(strong["confusion_matrix"]) == (7, 7)
     assert np.sum(strong["confusion_matrix"]) == 28 * 6 and "scored_intensity: strong" in (tmp_path / "s/config.yaml").read_text()
+    # a results/-style copy of the CV (metrics.json and predictions.json per fold, no checkpoints): `--predictions`
+    # gives back the CV's own test figures, fold by fold
+    kept = tmp_path / "kept"
+    for fold in range(3):
+        (kept / f"fold{fold}").mkdir(parents=True)
+        for name in ("metrics.json", "predictions.json"):
+            shutil.copy(tmp / f"models/cv-rescore/fold{fold}" / name, kept / f"fold{fold}" / name)
+    proc = run_python(["-m", "ravdess_dist.cv", "ensemble", str(kept), "--predictions", "--out", str(tmp_path / "p")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = json.loads((tmp / "models/cv-rescore/summary.json").read_text())
+    again = json.loads((tmp_path / "p/summary.json").read_text())
+    assert [r["ua"] for r in again["runs"]] == pytest.approx([r["ua"] for r in trained["runs"]])
+    assert again["confusion_matrix"] == trained["confusion_matrix"] and "source: predictions" in (tmp_path / "p/config.yaml").read_text()
 
 
 def test_restricting_probabilities_is_the_softmax_of_the_kept_logits():

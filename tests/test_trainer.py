@@ -95,6 +95,9 @@ def test_run_writes_checkpoints_metrics_and_predictions(trained, setup):
     preds = json.loads((trained / "predictions.json").read_text())
     assert len({p["key"] for p in preds}) == len(preds) == m["test"]["clips"]
     assert {int(p["key"][-2:]) for p in preds} == set(m["split"]["test"])
+    # every class's probability, in class order, so that ensembles need no checkpoint (ensemble --predictions)
+    assert all(list(p["probs"]) == m["classes"] and sum(p["probs"].values()) == pytest.approx(1, abs=1e-4)
+               and p["pred"] == max(p["probs"], key=p["probs"].get) for p in preds)
     assert m["test"]["ua"] > 0.25  # tones encode the emotion: well above chance (12.5 %)
     assert len(m["history"]) == 4 and 0 <= m["best_epoch"] < 4
 
