@@ -260,8 +260,18 @@ def release(run) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_training(cfg, epochs: int, warmup: int = 1) -> dict:
-    """Build the trainer's Run for CFG, train WARMUP epochs, then EPOCHS timed ones; the steady-state figures.
+def timed_epochs(epoch, epochs: int, min_seconds: float = 0.0) -> list[dict]:
+    """Call EPOCH (one timed epoch: a dict with its `seconds`) at least EPOCHS times and until the timed epochs add
+    up to MIN_SECONDS: a fast model's epoch lasts a few seconds, too short a window on a shared machine."""
+    timed = []
+    while len(timed) < epochs or sum(t["seconds"] for t in timed) < min_seconds:
+        timed.append(epoch())
+    return timed
+
+
+def measure_training(cfg, epochs: int, warmup: int = 1, min_seconds: float = 0.0) -> dict:
+    """Build the trainer's Run for CFG, train WARMUP epochs, then at least EPOCHS timed ones and at least MIN_SECONDS
+    of them; the steady-state figures.
 
     Raises Skipped when the backend cannot be built here (DALI missing)."""
     from ravdess_dist.trainer import Run
@@ -274,9 +284,10 @@ def measure_training(cfg, epochs: int, warmup: int = 1) -> dict:
         for _ in range(warmup):
             train_epoch_timed(run)
         with PeakMemory(run.accelerator.device) as memory:
-            timed = [train_epoch_timed(run) for _ in range(epochs)]
+            timed = timed_epochs(lambda: train_epoch_timed(run), epochs, min_seconds)
         seconds, clips = sum(t["seconds"] for t in timed), sum(t["clips"] for t in timed)
-        return {"status": "ok", "clips_per_s": round(clips / seconds, 1), "epoch_s": round(seconds / epochs, 3),
+        return {"status": "ok", "clips_per_s": round(clips / seconds, 1), "epoch_s": round(seconds / len(timed), 3),
+                "epochs_timed": len(timed),
                 "data_wait": round(sum(t["data_wait"] * t["seconds"] for t in timed) / seconds, 4),
                 "loss": timed[-1]["loss"], "clips_per_epoch": timed[-1]["clips"],
                 "steps_per_epoch": len(run.train_loader), "epochs_s": [round(t["seconds"], 3) for t in timed],
@@ -295,7 +306,7 @@ def measure_pair(args: argparse.Namespace, backend: str, model: str, workdir: Pa
                            args.device, args.config, args.recipe)
         row["batch_size"] = cfg.batch_size
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout keeps the table
-            row.update(measure_training(cfg, args.epochs))
+            row.update(measure_training(cfg, args.epochs, min_seconds=args.min_seconds))
         if not math.isfinite(row["loss"]):
             row.update(status="failed", reason=f"loss is {row['loss']}")
     except Skipped as err:
@@ -379,7 +390,7 @@ def train(args: argparse.Namespace) -> dict:
         print(f"{c['backend']}/{c['versus']} {c['model']}: clips/s ratio per round "
               f"{' '.join(f'{r:.2f}' for r in c['ratios'])}, median {c['median']:.2f}")
     info = device_info(device) | {"shards": str(args.shards), "intensity": args.intensity, "epochs": args.epochs,
-                                  "warmup_passes": 1, "rounds": args.rounds, "batch_size": args.batch_size,
+                                  "warmup_passes": 1, "min_seconds": args.min_seconds, "rounds": args.rounds, "batch_size": args.batch_size,
                                   "overrides": list(args.config), "recipe": args.recipe}
     print(json.dumps(info))
     results = {"rows": rows, "comparison": comparison, "info": info}
@@ -430,6 +441,9 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--models", nargs="+", choices=list_models(), default=list_models())
     tr.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     tr.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up epoch")
+    tr.add_argument("--min-seconds", type=float, default=0.0,
+                    help="time more epochs than --epochs until the timed ones add up to this many seconds (e.g. 20 "
+                         "on a CPU, where a small model's epoch takes a few seconds)")
     tr.add_argument("--rounds", type=int, default=1,
                     help="measure every pair this many times, one pair after the other in each round (a fresh Run, "
                          "warm-up included); rows give the median, and each backend's clips/s ratio to the first "

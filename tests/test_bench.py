@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ravdess_dist.bench import PORTABLE, compare, merge_rounds, round_order, train_config
+from ravdess_dist.bench import PORTABLE, compare, merge_rounds, round_order, timed_epochs, train_config
 from ravdess_dist.data.contract import BACKENDS
 from shards.manifest import Manifest
 from tests.test_loaders import shards  # noqa: F401  (shards is a fixture)
@@ -100,7 +100,8 @@ def test_rounds_give_medians_and_per_round_ratios(shards, tmp_path):  # noqa: F8
     and their median, and the comparison the device backend's clips/s over the torch backend's in each round."""
     out = tmp_path / "rounds.json"
     proc = bench("train", "--shards", shards, "--intensity", "strong", "--models", "cnn", "--backends", "torch",
-                 "device", "--epochs", 1, "--rounds", 2, "--threads", 1, "--config", *TINY, "--json", out)
+                 "device", "--epochs", 1, "--rounds", 2, "--threads", 1, "--min-seconds", 0.01, "--config", *TINY,
+                 "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     torch_row, device_row = results["rows"]
@@ -111,8 +112,22 @@ def test_rounds_give_medians_and_per_round_ratios(shards, tmp_path):  # noqa: F8
     assert (comparison["model"], comparison["backend"], comparison["versus"]) == ("cnn", "device", "torch")
     expected = [d / t for d, t in zip(device_row["rounds_clips_per_s"], torch_row["rounds_clips_per_s"])]
     assert comparison["ratios"] == pytest.approx(expected, abs=2e-3)
-    assert results["info"]["rounds"] == 2 and "round 2/2 device   cnn" in proc.stdout
+    assert results["info"]["rounds"] == 2 and results["info"]["min_seconds"] == 0.01
+    assert all(row["epochs_timed"] >= 1 for row in results["rows"]) and "round 2/2 device   cnn" in proc.stdout
     assert "device/torch cnn: clips/s ratio per round" in proc.stdout
+
+
+def test_min_seconds_times_epochs_until_that_much_time_is_measured():
+    """--min-seconds: epochs are timed until they add up to that much (at least --epochs of them); without it,
+    exactly --epochs."""
+    epochs = iter(range(100))
+
+    def epoch():
+        return {"seconds": 0.75, "index": next(epochs)}
+
+    assert len(timed_epochs(epoch, 2)) == 2
+    assert [t["index"] for t in timed_epochs(epoch, 2, min_seconds=3.0)] == [2, 3, 4, 5]  # 4 x 0.75 s = 3 s
+    assert len(timed_epochs(epoch, 5, min_seconds=1.0)) == 5
 
 
 def test_round_order_alternates_the_backends_model_by_model():
