@@ -8,7 +8,8 @@ recipe (librosa per WAV file), the torch backend and the DALI backend, in one ru
 spent waiting for data, and peak memory (GPU: torch.cuda.max_memory_allocated; CPU: peak RSS of this process and of the
 loader's worker processes), over the timed epochs only. `--rounds R` measures every pair R times, model by model and
 the backends' order alternating, and reports medians and each backend's clips/s ratio to the first one per round: on a
-shared machine the pairs' figures drift together, their ratio much less.
+shared machine the pairs' figures drift together, their ratio much less. `--interleave` keeps one Run per backend
+alive and alternates their timed epochs instead (cycles seconds apart, not rounds minutes apart).
 """
 import argparse
 import contextlib
@@ -269,32 +270,92 @@ def timed_epochs(epoch, epochs: int, min_seconds: float = 0.0) -> list[dict]:
     return timed
 
 
+def build_run(cfg):
+    """The trainer's Run for CFG; Skipped when its backend cannot be built here (DALI missing)."""
+    from ravdess_dist.trainer import Run
+
+    try:
+        return Run(cfg)
+    except ImportError as err:
+        raise Skipped(str(err)) from None
+
+
+def training_row(run, timed: list[dict], memory: dict) -> dict:
+    """The steady-state figures of RUN's TIMED epochs (train_epoch_timed's dicts) and the peak MEMORY over them."""
+    seconds, clips = sum(t["seconds"] for t in timed), sum(t["clips"] for t in timed)
+    return {"status": "ok", "clips_per_s": round(clips / seconds, 1), "epoch_s": round(seconds / len(timed), 3),
+            "epochs_timed": len(timed),
+            "data_wait": round(sum(t["data_wait"] * t["seconds"] for t in timed) / seconds, 4),
+            "loss": timed[-1]["loss"], "clips_per_epoch": timed[-1]["clips"],
+            "steps_per_epoch": len(run.train_loader), "epochs_s": [round(t["seconds"], 3) for t in timed],
+            "precision": run.accelerator.mixed_precision, "device": str(run.accelerator.device), **memory}
+
+
 def measure_training(cfg, epochs: int, warmup: int = 1, min_seconds: float = 0.0) -> dict:
     """Build the trainer's Run for CFG, train WARMUP epochs, then at least EPOCHS timed ones and at least MIN_SECONDS
     of them; the steady-state figures.
 
     Raises Skipped when the backend cannot be built here (DALI missing)."""
-    from ravdess_dist.trainer import Run
-
-    try:
-        run = Run(cfg)
-    except ImportError as err:
-        raise Skipped(str(err)) from None
+    run = build_run(cfg)
     try:
         for _ in range(warmup):
             train_epoch_timed(run)
         with PeakMemory(run.accelerator.device) as memory:
             timed = timed_epochs(lambda: train_epoch_timed(run), epochs, min_seconds)
-        seconds, clips = sum(t["seconds"] for t in timed), sum(t["clips"] for t in timed)
-        return {"status": "ok", "clips_per_s": round(clips / seconds, 1), "epoch_s": round(seconds / len(timed), 3),
-                "epochs_timed": len(timed),
-                "data_wait": round(sum(t["data_wait"] * t["seconds"] for t in timed) / seconds, 4),
-                "loss": timed[-1]["loss"], "clips_per_epoch": timed[-1]["clips"],
-                "steps_per_epoch": len(run.train_loader), "epochs_s": [round(t["seconds"], 3) for t in timed],
-                "precision": run.accelerator.mixed_precision, "device": str(run.accelerator.device),
-                **memory.result}
+        return training_row(run, timed, memory.result)
     finally:
         release(run)
+
+
+def checked(row: dict) -> dict:
+    """ROW, failed if its loss is not finite."""
+    if row["status"] == "ok" and not math.isfinite(row["loss"]):
+        row.update(status="failed", reason=f"loss is {row['loss']}")
+    return row
+
+
+def timed_stretch(run, backend: str, model: str, args: argparse.Namespace) -> dict:
+    """One cycle of `--interleave` for RUN: --epochs timed epochs (at least --min-seconds); a row, failed on an error."""
+    row = {"backend": backend, "model": model, "batch_size": run.cfg.batch_size}
+    try:
+        with PeakMemory(run.accelerator.device) as memory:
+            timed = timed_epochs(lambda: train_epoch_timed(run), args.epochs, args.min_seconds)
+        return checked(row | training_row(run, timed, memory.result))
+    except Exception as err:  # noqa: BLE001 - the other backends' cycles go on
+        return row | {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+
+
+def measure_interleaved(args: argparse.Namespace, model: str, workdir: Path) -> dict[str, list[dict]]:
+    """`--interleave`: MODEL's backends side by side in this process, a Run each (built, then one warm-up epoch),
+    then --rounds cycles of one timed stretch per backend (--epochs epochs, at least --min-seconds), the backends'
+    order alternating per cycle. Stretches compared are seconds apart, not minutes, so a shared machine's drift hits
+    the backends alike. Per backend one row per cycle (a backend that cannot be built: one skipped or failed row).
+    Peak memory is the process's, so it holds every backend's Run."""
+    runs, out = {}, {}
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout keeps the table
+        try:
+            for backend in args.backends:
+                row = {"backend": backend, "model": model}
+                try:
+                    cfg = train_config(args.shards, model, backend, args.intensity, args.epochs + 1, workdir,
+                                       args.batch_size, args.device, args.config, args.recipe)
+                    run = build_run(cfg)
+                    runs[backend] = run
+                    train_epoch_timed(run)  # warm-up
+                    out[backend] = []
+                except Skipped as err:
+                    out[backend] = [row | {"status": "skipped", "reason": str(err)}]
+                except Exception as err:  # noqa: BLE001 - one broken combination must not hide the others
+                    out[backend] = [row | {"status": "failed", "reason": f"{type(err).__name__}: {err}"}]
+            ready = [b for b in args.backends if not out[b]]
+            for cycle in range(args.rounds):
+                for backend, _ in round_order(ready, [model], cycle):
+                    out[backend].append(timed_stretch(runs[backend], backend, model, args))
+                ready = [b for b in ready if out[b][-1]["status"] == "ok"]  # a failed backend stops there
+        finally:
+            for run in runs.values():
+                release(run)
+    return out
 
 
 def measure_pair(args: argparse.Namespace, backend: str, model: str, workdir: Path) -> dict:
@@ -307,8 +368,7 @@ def measure_pair(args: argparse.Namespace, backend: str, model: str, workdir: Pa
         row["batch_size"] = cfg.batch_size
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout keeps the table
             row.update(measure_training(cfg, args.epochs, min_seconds=args.min_seconds))
-        if not math.isfinite(row["loss"]):
-            row.update(status="failed", reason=f"loss is {row['loss']}")
+        checked(row)
     except Skipped as err:
         row.update(status="skipped", reason=str(err))
     except Exception as err:  # noqa: BLE001 - one broken combination must not hide the others
@@ -372,7 +432,12 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     per_round: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        for index in range(args.rounds):
+        for model in args.models if args.interleave else ():
+            for backend, rows in measure_interleaved(args, model, Path(tmp)).items():
+                per_round[(backend, model)] = rows
+                for index, row in enumerate(rows):
+                    print(f"cycle {index + 1}/{args.rounds} " + format_train_row(row), flush=True)
+        for index in range(0 if args.interleave else args.rounds):
             for backend, model in round_order(args.backends, args.models, index):
                 done = per_round.setdefault((backend, model), [])
                 if done and done[0]["status"] == "skipped":
@@ -390,7 +455,8 @@ def train(args: argparse.Namespace) -> dict:
         print(f"{c['backend']}/{c['versus']} {c['model']}: clips/s ratio per round "
               f"{' '.join(f'{r:.2f}' for r in c['ratios'])}, median {c['median']:.2f}")
     info = device_info(device) | {"shards": str(args.shards), "intensity": args.intensity, "epochs": args.epochs,
-                                  "warmup_passes": 1, "min_seconds": args.min_seconds, "rounds": args.rounds, "batch_size": args.batch_size,
+                                  "warmup_passes": 1, "min_seconds": args.min_seconds, "rounds": args.rounds,
+                                  "interleave": args.interleave, "batch_size": args.batch_size,
                                   "overrides": list(args.config), "recipe": args.recipe}
     print(json.dumps(info))
     results = {"rows": rows, "comparison": comparison, "info": info}
@@ -448,6 +514,10 @@ def parser() -> argparse.ArgumentParser:
                     help="measure every pair this many times, one pair after the other in each round (a fresh Run, "
                          "warm-up included); rows give the median, and each backend's clips/s ratio to the first "
                          "backend per round: on a shared machine, compare backends by that ratio")
+    tr.add_argument("--interleave", action="store_true",
+                    help="per model, keep every backend's Run in this process and time them in turn, --rounds cycles "
+                         "of --epochs epochs each (backends' order alternating): the stretches compared are seconds "
+                         "apart instead of minutes")
     tr.add_argument("--batch-size", type=int, help="per process (default: the model's config)")
     tr.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides passed to load_config after the bench's own, e.g. num_workers=1 features.n_mels=128")

@@ -117,6 +117,28 @@ def test_rounds_give_medians_and_per_round_ratios(shards, tmp_path):  # noqa: F8
     assert "device/torch cnn: clips/s ratio per round" in proc.stdout
 
 
+def test_interleave_times_the_backends_in_turn_in_one_process(shards, tmp_path):  # noqa: F811
+    """`bench train --interleave --rounds 3`: one Run per backend, their timed epochs alternating; every backend has a
+    row per cycle, the rows their median, the comparison a ratio per cycle; a backend that cannot be built (DALI
+    missing) is one skipped row beside the others' cycles."""
+    out = tmp_path / "interleave.json"
+    no_dali = "import sys; sys.modules['nvidia.dali'] = None"
+    proc = bench("train", "--shards", shards, "--intensity", "strong", "--models", "cnn", "--backends", "torch", "dali",
+                 "device", "--epochs", 1, "--rounds", 3, "--interleave", "--threads", 1, "--config", *TINY,
+                 "--json", out, prelude=no_dali)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    rows = {r["backend"]: r for r in results["rows"]}
+    assert rows["dali"]["status"] == "skipped" and "cycle 1/3 dali" in proc.stdout
+    for backend in ("torch", "device"):
+        assert rows[backend]["status"] == "ok" and len(rows[backend]["rounds_clips_per_s"]) == 3
+        assert rows[backend]["clips_per_s"] == pytest.approx(sorted(rows[backend]["rounds_clips_per_s"])[1])
+        assert "cycle 3/3 " + f"{backend:8s} cnn" in proc.stdout
+    [comparison] = results["comparison"]
+    assert comparison["backend"] == "device" and len(comparison["ratios"]) == 3 and results["info"]["interleave"]
+    assert "run bench-" not in proc.stdout and "run bench-cnn-device" in proc.stderr
+
+
 def test_min_seconds_times_epochs_until_that_much_time_is_measured():
     """--min-seconds: epochs are timed until they add up to that much (at least --epochs of them); without it,
     exactly --epochs."""
