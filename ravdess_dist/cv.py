@@ -40,6 +40,7 @@ def summarize(metrics: list[dict], out: Path, config: dict | None = None) -> dic
         raise ValueError(f"the runs score different actors ({sorted(scored)}): summarise test and validation apart")
     part = scored.pop()
     rows = [{"run": m["run"], "model": m["model"], "intensity": m["intensity"], "test_actors": m["split"]["test"],
+             **({"val_actors": m["split"]["val"]} if part == "val" else {}),
              "best_epoch": m["best_epoch"], **{k: m[part][k] for k in METRICS}} for m in metrics]
     groups = {}
     for row in rows:
@@ -58,9 +59,11 @@ def summarize(metrics: list[dict], out: Path, config: dict | None = None) -> dic
     write_json(out / "summary.json", summary)
     if config is not None:
         (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    lines = [f"Scored on the folds' {'validation' if part == 'val' else 'test'} actors.", "",
-             "| run | model | intensity | test actors | best epoch | WA | UA | macro-F1 |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['model']} | {r['intensity']} | {r['test_actors']} | {r['best_epoch']} | "
+    scored = "validation" if part == "val" else "test"
+    lines = [f"Scored on the folds' {scored} actors.", "",
+             f"| run | model | intensity | {scored} actors | best epoch | WA | UA | macro-F1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['model']} | {r['intensity']} | {r[part + '_actors']} | {r['best_epoch']} | "
               f"{r['wa']:.3f} | {r['ua']:.3f} | {r['macro_f1']:.3f} |" for r in rows]
     lines += ["", "| model | intensity | folds | WA | UA | macro-F1 |", "|---|---|---|---|---|---|"]
     lines += [f"| {m['model']} | {m['intensity']} | {m['folds']} | "

@@ -154,7 +154,10 @@ def test_cv_ensemble_on_validation_actors_summarises_them(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scored"] == "val" and len(summary["runs"]) == 3
-    assert (out / "summary.md").read_text().startswith("Scored on the folds' validation actors.")
+    md = (out / "summary.md").read_text()
+    assert md.startswith("Scored on the folds' validation actors.") and "| validation actors |" in md
+    for row in summary["runs"]:  # the actors named are the ones scored: each fold's validation actors
+        assert f"| {row['val_actors']} |" in md and not set(row["val_actors"]) & set(row["test_actors"])
     assert "scored: val" in (out / "config.yaml").read_text() and "eval_crops: 2" in (out / "config.yaml").read_text()
     assert np.sum(summary["confusion_matrix"]) == 32 * 6  # each actor is one fold's validation actor once
     proc = run_python(["-m", "ravdess_dist.cv", "ensemble", str(tmp / "models/cv-rescore"), "--out", str(tmp_path / "l"),
