@@ -65,6 +65,13 @@ def restrict(probs: torch.Tensor, classes: list[str], target: list[str]) -> torc
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
+def autocast_as_trained(metrics: dict, device: torch.device):
+    """The autocast the run's own evaluation used (metrics.json's mixed_precision: bf16 or fp16, else none), so that a
+    run re-scored as it was tested gives its own probabilities back, not float32 ones that differ in the 3rd digit."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(metrics.get("mixed_precision", "no"))
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 @torch.no_grad()
 def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops: int | None = None,
                          actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
@@ -97,7 +104,8 @@ def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops
     model.to(accelerator.device).eval()
     probs, labels = {}, {}
     for batch in loader:
-        out = window_average(model, batch.features).exp().cpu()
+        with autocast_as_trained(metrics, accelerator.device):
+            out = window_average(model, batch.features).exp().cpu()
         for key, p, y, valid in zip(batch.keys, out, batch.labels.tolist(), batch.valid.tolist()):
             if valid:
                 probs[key], labels[key] = restrict(p, classes, target), target.index(classes[y])

@@ -95,6 +95,18 @@ def test_a_run_alone_rescored_reproduces_its_own_test_metrics(two_seeds, tmp_pat
     assert alone["test"]["ua"] == pytest.approx(own["test"]["ua"]) and alone["eval_crops"] == [1]
 
 
+def test_a_bf16_run_rescored_gives_its_own_probabilities(setup, tmp_path):
+    """A run trained and tested under bf16 autocast is re-scored under the same autocast: every clip's probabilities
+    equal the ones its own test wrote (float32 re-scoring would differ by about 1e-3)."""
+    proc = run_train(setup, "bf16-member", "--epochs", "1", "--mixed-precision", "bf16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = setup[0] / "models" / "bf16-member"
+    assert ensemble_main([str(run), "--out", str(tmp_path / "again")]) == 0
+    own, again = (json.loads((d / "predictions.json").read_text()) for d in (run, tmp_path / "again"))
+    by_key = {r["key"]: r["probs"] for r in again}
+    assert len(by_key) == len(own) and all(r["probs"] == pytest.approx(by_key[r["key"]], abs=2e-6) for r in own)
+
+
 def test_checkpoint_last_scores_the_last_epoch(two_seeds, tmp_path):
     """--checkpoint last scores each run's last.pt: the same scores as a copy of the run whose best.pt is its last.pt,
     and the metrics name the checkpoint and the last epoch's index."""
