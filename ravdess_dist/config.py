@@ -50,7 +50,7 @@ HELP = {
                           "previous write (0: after every epoch); the final epoch and a preemption signal always write "
                           "it, so a killed run (SIGKILL, a crash) loses at most this much training",
     "class_weights": "inverse-frequency class weights in the loss",
-    "mixed_precision": "auto: bf16 on GPU, no on CPU",
+    "mixed_precision": "auto: bf16 on a GPU and on CPUs with AVX512-BF16 or AMX, no (float32) on other CPUs",
     "patience": "early stopping: epochs without a better validation UA",
     "folds": "K gender-balanced actor folds",
     "fold": "test fold (validation is the next one)",

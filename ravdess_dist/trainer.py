@@ -42,14 +42,22 @@ def _on_signal(signum, _frame):
     STOP["signal"] = signum
 
 
-def resolve_precision(cfg: TrainConfig, device: str) -> str:
-    """`auto` means bf16 on a GPU and full precision on a CPU; fp16 needs a GPU.
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX tiles, as torch sees it)."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(probe is not None and probe() for probe in probes)
 
-    Not bf16 on CPUs: without AVX512-BF16/AMX (e.g. an AVX2-only EPYC) bf16 autocast trains 2-4x slower than float32.
+
+def resolve_precision(cfg: TrainConfig, device: str) -> str:
+    """`auto` means bf16 on a GPU and on a CPU with native bf16 (AVX512-BF16 or AMX), full precision on other CPUs;
+    fp16 needs a GPU.
+
+    On an AVX512-BF16 EPYC bf16 autocast trains the resnet 1.7x faster than float32 with the same CV accuracy
+    (README, Results); without those units (e.g. an AVX2-only EPYC) it trains 2-4x slower, so those CPUs keep float32.
     """
     cuda = device == "cuda"
     if cfg.mixed_precision == "auto":
-        return "bf16" if cuda else "no"
+        return "bf16" if cuda or cpu_has_bf16() else "no"
     if cfg.mixed_precision == "fp16" and not cuda:
         raise ValueError("--mixed-precision fp16 needs a GPU (loss scaling is CUDA-only); use bf16 or no on a CPU")
     return cfg.mixed_precision

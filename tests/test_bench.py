@@ -10,6 +10,7 @@ import pytest
 
 from ravdess_dist.bench import PORTABLE, compare, merge_rounds, round_order, timed_epochs, train_config
 from ravdess_dist.data.contract import BACKENDS
+from ravdess_dist.trainer import cpu_has_bf16
 from shards.manifest import Manifest
 from tests.test_loaders import shards  # noqa: F401  (shards is a fixture)
 
@@ -54,7 +55,7 @@ def test_train_benchmark_command(shards, tmp_path):  # noqa: F811
         assert row["steps_per_epoch"] == math.ceil(train_clips / 16) and row["clips_per_epoch"] == 64
         assert row["clips_per_s"] == pytest.approx(64 / row["epoch_s"], rel=0.01) and len(row["epochs_s"]) == 1
         assert 0 <= row["data_wait"] <= 1 and math.isfinite(row["loss"])
-        assert row["peak_mb"] > 100 and row["precision"] == "no" and row["device"] == "cpu"
+        assert row["peak_mb"] > 100 and row["precision"] == ("bf16" if cpu_has_bf16() else "no") and row["device"] == "cpu"
         assert row["memory"].startswith("peak RSS") and "since process start" not in row["memory"]
         assert f"{row['backend']:8s} cnn" in proc.stdout
     assert results["rows"][0]["workers_mb"] > 0  # the torch backend's DataLoader workers

@@ -12,6 +12,7 @@ import torch
 from ravdess_dist import doctor
 from ravdess_dist.data.contract import BACKENDS
 from ravdess_dist.models import list_models
+from ravdess_dist.trainer import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_ROWS = ("gpu compute", "nccl all-reduce")
@@ -77,7 +78,7 @@ def test_every_model_trains_on_every_backend(report):
             assert row["status"] == "ok", row
             assert len(row["data"]["losses"]) == 2 and all(math.isfinite(x) for x in row["data"]["losses"])
             assert row["data"]["test_clips"] == 32 and "32 test clips once" in row["detail"]
-            assert row["data"]["precision"] == ("bf16" if torch.cuda.is_available() else "no")
+            assert row["data"]["precision"] == ("bf16" if torch.cuda.is_available() or cpu_has_bf16() else "no")
 
 
 def test_throughput_rows(report):

@@ -290,6 +290,20 @@ def test_bf16_autocast_on_cpu(setup):
     assert m["mixed_precision"] == "bf16" and math.isfinite(m["history"][0]["loss"])
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                        (False, False, "no")])
+def test_auto_precision_on_a_cpu_follows_its_bf16_units(monkeypatch, avx512_bf16, amx, expected):
+    """mixed_precision auto on a CPU: bf16 where torch sees AVX512-BF16 or AMX tiles (1.7x faster there, the same CV
+    accuracy), float32 elsewhere (bf16 is 2-4x slower without them); explicit settings are kept; a GPU gets bf16."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cfg = types.SimpleNamespace(mixed_precision="auto")
+    assert trainer_module.resolve_precision(cfg, "cpu") == expected
+    assert trainer_module.resolve_precision(cfg, "cuda") == "bf16"
+    assert trainer_module.resolve_precision(types.SimpleNamespace(mixed_precision="no"), "cpu") == "no"
+    assert trainer_module.resolve_precision(types.SimpleNamespace(mixed_precision="bf16"), "cpu") == "bf16"
+
+
 def test_dali_backend_trains_and_evaluates(setup):
     """--backend dali (CPU operators here) trains, and evaluates every test clip exactly once."""
     proc = train(setup, "dali", "--epochs", "1", "--backend", "dali")
