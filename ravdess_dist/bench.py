@@ -307,6 +307,20 @@ def measure_training(cfg, epochs: int, warmup: int = 1, min_seconds: float = 0.0
         release(run)
 
 
+def error_row(row: dict, err: Exception) -> dict:
+    """ROW for a pair that could not be measured: skipped (it cannot run here) with the reason, or failed with the
+    error; one broken combination must not hide the others."""
+    if isinstance(err, Skipped):
+        return row | {"status": "skipped", "reason": str(err)}
+    return row | {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+
+
+def pair_config(args: argparse.Namespace, backend: str, model: str, workdir: Path):
+    """The TrainConfig of one backend x model as the command line asks (train_config with the bench's arguments)."""
+    return train_config(args.shards, model, backend, args.intensity, args.epochs + 1, workdir, args.batch_size,
+                        args.device, args.config, args.recipe)
+
+
 def checked(row: dict) -> dict:
     """ROW, failed if its loss is not finite."""
     if row["status"] == "ok" and not math.isfinite(row["loss"]):
@@ -322,7 +336,7 @@ def timed_stretch(run, backend: str, model: str, args: argparse.Namespace) -> di
             timed = timed_epochs(lambda: train_epoch_timed(run), args.epochs, args.min_seconds)
         return checked(row | training_row(run, timed, memory.result))
     except Exception as err:  # noqa: BLE001 - the other backends' cycles go on
-        return row | {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+        return error_row(row, err)
 
 
 def measure_interleaved(args: argparse.Namespace, model: str, workdir: Path) -> dict[str, list[dict]]:
@@ -335,18 +349,12 @@ def measure_interleaved(args: argparse.Namespace, model: str, workdir: Path) -> 
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout keeps the table
         try:
             for backend in args.backends:
-                row = {"backend": backend, "model": model}
                 try:
-                    cfg = train_config(args.shards, model, backend, args.intensity, args.epochs + 1, workdir,
-                                       args.batch_size, args.device, args.config, args.recipe)
-                    run = build_run(cfg)
-                    runs[backend] = run
-                    train_epoch_timed(run)  # warm-up
+                    runs[backend] = build_run(pair_config(args, backend, model, workdir))
+                    train_epoch_timed(runs[backend])  # warm-up
                     out[backend] = []
-                except Skipped as err:
-                    out[backend] = [row | {"status": "skipped", "reason": str(err)}]
-                except Exception as err:  # noqa: BLE001 - one broken combination must not hide the others
-                    out[backend] = [row | {"status": "failed", "reason": f"{type(err).__name__}: {err}"}]
+                except Exception as err:  # noqa: BLE001 - Skipped included
+                    out[backend] = [error_row({"backend": backend, "model": model}, err)]
             ready = [b for b in args.backends if not out[b]]
             for cycle in range(args.rounds):
                 for backend, _ in round_order(ready, [model], cycle):
@@ -363,17 +371,13 @@ def measure_pair(args: argparse.Namespace, backend: str, model: str, workdir: Pa
     with the reason, or failed with the error)."""
     row = {"backend": backend, "model": model}
     try:
-        cfg = train_config(args.shards, model, backend, args.intensity, args.epochs + 1, workdir, args.batch_size,
-                           args.device, args.config, args.recipe)
+        cfg = pair_config(args, backend, model, workdir)
         row["batch_size"] = cfg.batch_size
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout keeps the table
             row.update(measure_training(cfg, args.epochs, min_seconds=args.min_seconds))
-        checked(row)
-    except Skipped as err:
-        row.update(status="skipped", reason=str(err))
-    except Exception as err:  # noqa: BLE001 - one broken combination must not hide the others
-        row.update(status="failed", reason=f"{type(err).__name__}: {err}")
-    return row
+        return checked(row)
+    except Exception as err:  # noqa: BLE001 - Skipped included
+        return error_row(row, err)
 
 
 def round_order(backends: list[str], models: list[str], round_index: int) -> list[tuple[str, str]]:
@@ -432,19 +436,21 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     per_round: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        for model in args.models if args.interleave else ():
-            for backend, rows in measure_interleaved(args, model, Path(tmp)).items():
-                per_round[(backend, model)] = rows
-                for index, row in enumerate(rows):
-                    print(f"cycle {index + 1}/{args.rounds} " + format_train_row(row), flush=True)
-        for index in range(0 if args.interleave else args.rounds):
-            for backend, model in round_order(args.backends, args.models, index):
-                done = per_round.setdefault((backend, model), [])
-                if done and done[0]["status"] == "skipped":
-                    continue  # it cannot run here: once is enough to say why
-                done.append(measure_pair(args, backend, model, Path(tmp)))
-                prefix = f"round {index + 1}/{args.rounds} " if args.rounds > 1 else ""
-                print(prefix + format_train_row(done[-1]), flush=True)
+        if args.interleave:
+            for model in args.models:
+                for backend, rows in measure_interleaved(args, model, Path(tmp)).items():
+                    per_round[(backend, model)] = rows
+                    for index, row in enumerate(rows):
+                        print(f"cycle {index + 1}/{args.rounds} " + format_train_row(row), flush=True)
+        else:
+            for index in range(args.rounds):
+                for backend, model in round_order(args.backends, args.models, index):
+                    done = per_round.setdefault((backend, model), [])
+                    if done and done[0]["status"] == "skipped":
+                        continue  # it cannot run here: once is enough to say why
+                    done.append(measure_pair(args, backend, model, Path(tmp)))
+                    prefix = f"round {index + 1}/{args.rounds} " if args.rounds > 1 else ""
+                    print(prefix + format_train_row(done[-1]), flush=True)
     rows = [merge_rounds(per_round[(backend, model)]) for backend in args.backends for model in args.models]
     comparison = compare(per_round, args.backends, args.models)
     if args.rounds > 1:

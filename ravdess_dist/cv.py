@@ -242,9 +242,12 @@ def export(cv_dir: Path, out: Path) -> list[Path]:
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
             written.append(dst)
-    for log in sorted(cv_dir.glob("fold*.log")):
+    logs = sorted(cv_dir.glob("fold*.log"))
+    if logs:
         (out / "logs").mkdir(parents=True, exist_ok=True)
-        written.append(write_text(out / "logs" / f"{log.stem}.txt", console_lines(log.read_bytes().decode(errors="replace"))))
+    for log in logs:
+        text = console_lines(log.read_bytes().decode(errors="replace"))
+        written.append(write_text(out / "logs" / f"{log.stem}.txt", text))
     return written
 
 
