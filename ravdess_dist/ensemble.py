@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
 from ravdess_dist.checkpoint import load_checkpoint
 from ravdess_dist.config import device_only_in_use, from_dict
@@ -73,7 +72,7 @@ def autocast_as_trained(metrics: dict, device: torch.device):
 
 
 @torch.no_grad()
-def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops: int | None = None,
+def member_probabilities(run: Path, shards: Path | None, device: torch.device, eval_crops: int | None = None,
                          actors: str = "test", eval_speeds: tuple[float, ...] = (1.0,),
                          checkpoint: str = "best", intensity: str | None = None) -> Member:
     """RUN's kept model (CHECKPOINT "best": best.pt) or last epoch ("last": last.pt) on its ACTORS ("test" or "val"),
@@ -95,16 +94,16 @@ def member_probabilities(run: Path, shards: Path | None, accelerator, eval_crops
     if used and cfg.backend != "device":
         raise ValueError(f"{run}: {', '.join(used)} need(s) a run of the device backend, not {cfg.backend}")
     loader = make_loader(cfg.backend, LoaderSpec(root, manifest.select(intensity, scored), classes,
-                                                 cfg.batch_size, False, cfg.features, None, accelerator.device,
+                                                 cfg.batch_size, False, cfg.features, None, device,
                                                  eval_crops=crops, eval_speeds=tuple(eval_speeds),
                                                  speaker_norm=cfg.speaker_norm,
                                                  num_workers=cfg.num_workers))
     model = create_model(cfg.model, len(classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
     model.load_state_dict(state["model"])
-    model.to(accelerator.device).eval()
+    model.to(device).eval()
     probs, labels = {}, {}
     for batch in loader:
-        with autocast_as_trained(metrics, accelerator.device):
+        with autocast_as_trained(metrics, device):
             out = window_average(model, batch.features).exp().cpu()
         for key, p, y, valid in zip(batch.keys, out, batch.labels.tolist(), batch.valid.tolist()):
             if valid:
@@ -167,8 +166,10 @@ def evaluate_ensemble(runs: list[Path], shards: Path | None = None, eval_crops: 
         check_predictions_scoring(actors, eval_crops, eval_speeds, checkpoint)
         members = [predicted_member(run, intensity) for run in runs]
     else:
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        members = [member_probabilities(run, shards, accelerator, eval_crops, actors, eval_speeds, checkpoint,
+        # a plain device, not an Accelerator: scoring needs no process group, and Accelerate's process-wide state
+        # would pin this process's mixed precision for any training that follows in it
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        members = [member_probabilities(run, shards, device, eval_crops, actors, eval_speeds, checkpoint,
                                         intensity) for run in runs]
     first = members[0]
     for run, m in zip(runs, members):
