@@ -10,9 +10,9 @@ SIZES = [(40, 282), (64, 301), (128, 301)]  # notebook MFCC, 64 and 128 mel band
 
 
 def test_registry_lists_the_models_and_rejects_unknown():
-    """'cnn', 'hybrid' and 'resnet' are registered; an unknown name is an error naming the known ones."""
-    assert {"cnn", "hybrid", "resnet"} <= set(list_models())
-    with pytest.raises(ValueError, match="known models: .*cnn.*hybrid.*resnet"):
+    """'cnn', 'crnn', 'hybrid' and 'resnet' are registered; an unknown name is an error naming the known ones."""
+    assert {"cnn", "crnn", "hybrid", "resnet"} <= set(list_models())
+    with pytest.raises(ValueError, match="known models: .*cnn.*crnn.*hybrid.*resnet"):
         create_model("vgg", 8, 64, 301)
 
 
@@ -79,3 +79,22 @@ def test_cnn_refuses_inputs_below_16x16():
     """Four 2x2 pools need at least 16 bins and frames."""
     with pytest.raises(ValueError, match="16x16"):
         create_model("cnn", 8, 8, 301)
+
+
+def test_crnn_refuses_inputs_too_small_for_its_pools():
+    """Four frequency halvings need 16 bins, two time halvings 4 frames."""
+    with pytest.raises(ValueError, match="16x4"):
+        create_model("crnn", 8, 8, 301)
+    with pytest.raises(ValueError, match="16x4"):
+        create_model("crnn", 8, 64, 3)
+
+
+def test_crnn_runs_its_recurrence_in_float32_under_bf16_autocast():
+    """The GRU's output stays float32 while the convolutions run in bf16 (a recurrence compounds rounding)."""
+    model = create_model("crnn", 8, 64, 101).eval()
+    dtypes = {}
+    model.convs.register_forward_hook(lambda m, i, out: dtypes.update(convs=out.dtype))
+    model.rnn.register_forward_hook(lambda m, i, out: dtypes.update(rnn=out[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        model(torch.randn(2, 1, 64, 101))
+    assert dtypes == {"convs": torch.bfloat16, "rnn": torch.float32}

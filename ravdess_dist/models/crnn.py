@@ -1,0 +1,53 @@
+"""A convolutional-recurrent network with attentive statistics pooling (`crnn`): a second strong model, built to differ.
+
+Conv blocks read the log-mel like an image but pool the frequency axis harder than time (the time axis keeps a
+quarter of its frames); the bands are folded into channels and a bidirectional GRU reads the frames in order, so
+the model sees how pitch and energy move through the sentence, which the resnet's pooled statistics only summarise.
+The GRU's states are pooled by the resnet's attentive statistics. Its errors differ from the resnet's, which is what
+an ensemble member needs. About the resnet's size and speed on a 2-core CPU (see the README's benchmark).
+"""
+import torch
+from torch import Tensor, nn
+
+from ravdess_dist.models.registry import register_model
+from ravdess_dist.models.resnet import AttentiveStatsPool
+
+TIME_POOLS = 2  # the first two blocks halve the frames too; the others pool frequency only
+
+
+def conv_block(c_in: int, c_out: int, pool: tuple[int, int]) -> nn.Sequential:
+    """Conv3x3-BN-ReLU, then a max-pool of POOL = (frequency, time)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(pool))
+
+
+@register_model("crnn")
+class CRNN(nn.Module):
+    """Features [B, 1, F, T] -> logits [B, num_classes]: conv blocks, band folding, BiGRU, ASP, linear."""
+
+    def __init__(self, num_classes: int, n_bins: int, n_frames: int, channels: tuple[int, ...] = (32, 64, 128, 128),
+                 embed: int = 128, hidden: int = 128, dropout: float = 0.3):
+        """One conv block per entry of CHANNELS (each halves the bands), an EMBED-wide frame projection, a BiGRU of
+        HIDDEN units per direction."""
+        super().__init__()
+        f_shrink, t_shrink = 2 ** len(channels), 2 ** min(TIME_POOLS, len(channels))
+        if n_bins < f_shrink or n_frames < t_shrink:
+            raise ValueError(f"crnn needs inputs of at least {f_shrink}x{t_shrink} (bins x frames), "
+                             f"got {n_bins}x{n_frames}")
+        widths = (1, *channels)
+        self.convs = nn.Sequential(*(conv_block(a, b, (2, 2 if i < TIME_POOLS else 1))
+                                     for i, (a, b) in enumerate(zip(widths, widths[1:]))))
+        self.frames = nn.Sequential(nn.Conv1d(channels[-1] * (n_bins // f_shrink), embed, 1, bias=False),
+                                    nn.BatchNorm1d(embed), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.rnn = nn.GRU(embed, hidden, batch_first=True, bidirectional=True)
+        self.pool = AttentiveStatsPool(2 * hidden)
+        self.head = nn.Sequential(nn.BatchNorm1d(4 * hidden), nn.Dropout(dropout), nn.Linear(4 * hidden, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch of features."""
+        h = self.frames(self.convs(x).flatten(1, 2))  # bands folded into channels: [B, embed, T']
+        # The GRU runs in float32 outside autocast: a recurrence compounds its rounding step by step, and bf16 buys no
+        # speed for it here (40 ms per batch of 32, forward and backward, either way on the 2-core CPU).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            states, _ = self.rnn(h.float().transpose(1, 2).contiguous())  # [B, T', 2 * hidden]
+        return self.head(self.pool(states.transpose(1, 2)))
