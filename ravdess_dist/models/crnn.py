@@ -1,10 +1,12 @@
-"""A convolutional-recurrent network with attentive statistics pooling (`crnn`): a second strong model, built to differ.
+"""A convolutional-recurrent network with attentive statistics pooling (`crnn`): a second strong model, unlike the resnet.
 
 Conv blocks read the log-mel like an image but pool the frequency axis harder than time (the time axis keeps a
 quarter of its frames); the bands are folded into channels and a bidirectional GRU reads the frames in order, so
 the model sees how pitch and energy move through the sentence, which the resnet's pooled statistics only summarise.
-The GRU's states are pooled by the resnet's attentive statistics. Its errors differ from the resnet's, which is what
-an ensemble member needs. About the resnet's size and speed on a 2-core CPU (see the README's benchmark).
+The GRU's states are pooled by the resnet's attentive statistics. With the resnet's recipe unchanged it scored 0.747
+on strong against the resnet's 0.720 at the same seed, and lifted the strong ensemble to 0.753 (results/crnn-strong,
+results/resnet-hybrid-crnn-strong-ensemble7). The resnet's size (0.54 M parameters), 1.6x its training time on the
+2-core CPU (122 clips/s per single-thread process).
 """
 import torch
 from torch import Tensor, nn
