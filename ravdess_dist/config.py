@@ -3,7 +3,8 @@
 The command line is derived from the dataclasses: every top-level TrainConfig field `foo_bar` is a flag `--foo-bar`
 (bool: `--foo-bar/--no-foo-bar`), and every setting, nested ones included, takes a dotted override `KEY=VALUE`
 (`features.n_mels=128`, `augment.speed=[0.9,1.0,1.1]`, `model_args.dropout=0.2`). Precedence: the YAML file first,
-then the flags and overrides in command-line order, a later one winning.
+then the flags and overrides in command-line order, a later one winning. A YAML file may start from another one with
+`base: FILE` (relative to it) and set only what differs (configs/crnn.yaml is the resnet's recipe with another model).
 """
 import argparse
 import dataclasses
@@ -311,6 +312,37 @@ def _build(cls, raw, source: str, prefix: str = ""):
     return cls(**values)
 
 
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The settings of a YAML config file as a mapping, its `base: FILE` (relative to it, read the same way) under it.
+
+    The file's own keys win; a section (features, augment) is merged key by key, anything else (model_args included)
+    is replaced whole; a file that names another model than its base does not inherit the base's model_args (they are
+    the other architecture's). Each file of the chain is checked on its own, so an error names the file it is in.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist" + (f" (the base of {_chain[-1]})" if _chain else ""))
+    if path.resolve() in _chain:
+        raise ValueError(f"{path}: base cycle: {' -> '.join(map(str, _chain + (path.resolve(),)))}")
+    raw = yaml.load(path.read_text(), Loader=_Loader)
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {raw!r}")
+    base = raw.pop("base", None)
+    from_dict(raw, str(path))  # unknown keys and wrong types named in this file, before any merge
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: base must be a YAML file name (relative to {path.parent}), got {base!r}")
+    merged = read_config_file(path.parent / base, _chain + (path.resolve(),))
+    if raw.get("model", merged.get("model")) != merged.get("model") and "model_args" not in raw:
+        merged.pop("model_args", None)
+    sections = {f.name for f in _fields(TrainConfig) if _is_section(_hints(TrainConfig)[f.name])}
+    for key, value in raw.items():
+        both = key in sections and isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both else value
+    return merged
+
+
 def from_dict(raw: dict, source: str) -> TrainConfig:
     """Build a config from a YAML mapping; an unknown key or a value of the wrong type is an error naming SOURCE and the key."""
     return _build(TrainConfig, raw, source)
@@ -463,7 +495,7 @@ def parser() -> argparse.ArgumentParser:
         f"{_sections_text()}")
     ap = _Parser(description="Train a speech-emotion model on RAVDESS shards (run under `accelerate launch`).",
                  epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ap.add_argument("--config", type=Path, metavar="FILE", help="YAML config (default: configs/MODEL.yaml)")
+    ap.add_argument("--config", type=Path, metavar="FILE", help="YAML config (default: configs/MODEL.yaml); `base: FILE` in it reads FILE first")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[],
                     help="dotted override of any setting, e.g. features.n_mels=128 (see below)")
     ap.add_argument("--set", dest="dotted", metavar="KEY=VALUE", action=_DottedOverride, help=argparse.SUPPRESS)
@@ -562,10 +594,7 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
         path = CONFIG_DIR / f"{model}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    raw = yaml.load(path.read_text(), Loader=_Loader)
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {raw!r}")
+    raw = read_config_file(path)
     for key, value, origin, text in ops:
         apply_override(raw, key, value, origin, text)
     return from_dict(raw, str(path)).validate()

@@ -392,3 +392,59 @@ def test_notebook_baseline_is_the_notebooks_model_and_input():
     assert abs(cfg.features.num_frames - 282) <= 1
     model = create_model("hybrid", 8, cfg.features.num_bins, cfg.features.num_frames)
     assert sum(p.numel() for p in model.parameters()) == 248_488
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    """Write DATA as YAML to PATH and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_base_file_is_read_first_and_the_file_wins(tmp_path):
+    """`base:` (relative to the file): its settings under the file's own; sections merge key by key; flags still win."""
+    write_yaml(tmp_path / "parent.yaml", {"model": "resnet", "epochs": 60, "lr": 0.002,
+                                          "features": {"n_mels": 64, "clip_seconds": 2.0},
+                                          "augment": {"mixup_alpha": 0.2, "freq_masks": 2}})
+    child = write_yaml(tmp_path / "sub/child.yaml", {"base": "../parent.yaml", "model": "crnn", "epochs": 30,
+                                                     "features": {"n_mels": 128}})
+    cfg = load_config(["--config", str(child), "--lr", "0.01"])
+    assert (cfg.model, cfg.epochs, cfg.lr) == ("crnn", 30, 0.01)
+    assert (cfg.features.n_mels, cfg.features.clip_seconds) == (128, 2.0)
+    assert (cfg.augment.mixup_alpha, cfg.augment.freq_masks) == (0.2, 2)
+
+
+def test_base_model_args_stay_with_their_model(tmp_path):
+    """model_args belong to one architecture: kept when the file keeps the model, dropped when it names another."""
+    write_yaml(tmp_path / "parent.yaml", {"model": "resnet", "model_args": {"dropout": 0.3}})
+    same = write_yaml(tmp_path / "same.yaml", {"base": "parent.yaml", "epochs": 5})
+    other = write_yaml(tmp_path / "other.yaml", {"base": "parent.yaml", "model": "cnn"})
+    whole = write_yaml(tmp_path / "whole.yaml", {"base": "parent.yaml", "model_args": {"embed": 64}})
+    assert load_config(["--config", str(same)]).model_args == {"dropout": 0.3}
+    assert load_config(["--config", str(other)]).model_args == {}
+    assert load_config(["--config", str(whole)]).model_args == {"embed": 64}
+
+
+def test_base_chain_errors_name_the_file(tmp_path):
+    """A missing base, a cycle, a bad base value and a bad key inside the base: one error naming the right file."""
+    missing = write_yaml(tmp_path / "missing.yaml", {"base": "nowhere.yaml"})
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.yaml does not exist \(the base of .*missing\.yaml\)"):
+        load_config(["--config", str(missing)])
+    write_yaml(tmp_path / "a.yaml", {"base": "b.yaml"})
+    write_yaml(tmp_path / "b.yaml", {"base": "a.yaml"})
+    with pytest.raises(ValueError, match=r"base cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(["--config", str(tmp_path / "a.yaml")])
+    number = write_yaml(tmp_path / "number.yaml", {"base": 3})
+    with pytest.raises(ValueError, match=r"number\.yaml: base must be a YAML file name"):
+        load_config(["--config", str(number)])
+    write_yaml(tmp_path / "typo_parent.yaml", {"learning_rate": 0.1})
+    child = write_yaml(tmp_path / "fine_child.yaml", {"base": "typo_parent.yaml", "epochs": 3})
+    with pytest.raises(ValueError, match=r"typo_parent\.yaml: unknown setting.*learning_rate"):
+        load_config(["--config", str(child)])
+
+
+def test_shipped_recipes_share_their_base():
+    """configs/crnn.yaml is the resnet's recipe with another model: every other setting equals configs/resnet.yaml's."""
+    resnet, crnn = (to_dict(load_config(["--config", str(CONFIG_DIR / f"{m}.yaml")])) for m in ("resnet", "crnn"))
+    assert crnn.pop("model") == "crnn" and resnet.pop("model") == "resnet"
+    assert crnn == resnet
