@@ -1,7 +1,7 @@
 """Cross-validation over gender-balanced actor folds: train every fold, then summarise per fold and mean ± std.
 
     python -m ravdess_dist.cv --model hybrid --intensity normal --folds 6 [any train.py flag]
-    python -m ravdess_dist.cv --jobs 2 --config configs/resnet.yaml ...   (folds as 2 concurrent processes: CPUs)
+    python -m ravdess_dist.cv --jobs 2 --config configs/resnet.yaml ...   (2 concurrent fold processes; on GPUs, one GPU each)
     python -m ravdess_dist.cv summarize RUN_DIR_OR_METRICS_JSON... --out DIR   (e.g. after a SLURM array)
     python -m ravdess_dist.cv ensemble CV_DIR CV_DIR... --out DIR   (fold K = the ensemble of every CV_DIR/foldK)
     python -m ravdess_dist.cv ensemble CV_DIR... --out DIR --actors val --eval-crops 5   (re-scored on validation actors)
@@ -11,6 +11,7 @@
 import argparse
 import json
 import os
+import queue
 import shutil
 import statistics
 import subprocess
@@ -22,6 +23,7 @@ import numpy as np
 import yaml
 
 from ravdess_dist.config import load_config, to_dict
+from ravdess_dist.device import gpu_ids
 from ravdess_dist.ensemble import add_scoring_arguments, write_ensemble
 from ravdess_dist.evaluate import plot_confusion
 from ravdess_dist.metrics import summarize as summarize_cm
@@ -95,24 +97,44 @@ def pop_jobs(argv: list[str]) -> tuple[int, list[str]]:
     return 1, argv
 
 
-def run_folds_concurrently(argv: list[str], folds: int, name: str, output_dir: Path, jobs: int) -> list[dict]:
-    """Each fold as its own `train.py` process, JOBS at a time, with cpu_count // JOBS torch threads each; returns
-    their metrics in fold order, or exits naming the folds that failed and their logs (OUTPUT_DIR/NAME/foldK.log).
+def slot_environment(slot: int, jobs: int, gpus: list[str], cpus: int) -> dict[str, str]:
+    """The environment of a fold process in concurrent slot SLOT of JOBS: CPUS // JOBS torch threads, and on a machine
+    with GPUS (CUDA_VISIBLE_DEVICES entries) one of them, slots round robin: JOBS = the GPU count is one GPU per fold,
+    more jobs put as many folds on each GPU (small models leave a GPU idle between kernel launches)."""
+    threads = str(max(1, cpus // jobs))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            **({"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else {})}
+
+
+def run_folds_concurrently(argv: list[str], folds: int, name: str, output_dir: Path, jobs: int,
+                           gpus: list[str] | None = None) -> list[dict]:
+    """Each fold as its own `train.py` process, JOBS at a time; returns their metrics in fold order, or exits naming
+    the folds that failed and their logs (OUTPUT_DIR/NAME/foldK.log, whose first line names the fold's slot settings).
 
     For CPUs: small convolutional models scale poorly past one thread, and a multi-threaded process next to other
     work stalls in OpenMP barriers, so single-thread folds side by side finish a CV sooner than one multi-threaded
-    process training them in turn (README, research loop). On GPUs, run folds back to back in one process (no --jobs) or one GPU per job.
+    process training them in turn (README, research loop). For GPUs (GPUS, default: those this process sees): each
+    fold process sees one, by `slot_environment`; a fold takes a free slot, so no GPU runs more than its share.
     `--resume auto` per fold: a CV that was killed picks every fold up where it stopped."""
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    gpus = gpu_ids() if gpus is None else gpus
+    slots = queue.Queue()
+    for slot in range(jobs):
+        slots.put(slot)
     (output_dir / name).mkdir(parents=True, exist_ok=True)
 
     def run(fold: int) -> int:
-        """Train fold FOLD; its exit status."""
-        with open(output_dir / name / f"fold{fold}.log", "w") as log:
-            return subprocess.run([sys.executable, str(TRAIN_PY), *argv, "--folds", str(folds), "--fold", str(fold),
-                                   "--run-name", f"{name}/fold{fold}", "--resume", "auto"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        """Train fold FOLD in a free slot; its exit status."""
+        slot = slots.get()
+        try:
+            extra = slot_environment(slot, jobs, gpus, os.cpu_count() or 1)
+            with open(output_dir / name / f"fold{fold}.log", "w") as log:
+                log.write(f"cv: fold {fold} in slot {slot}: {' '.join(f'{k}={v}' for k, v in extra.items())}\n")
+                log.flush()
+                return subprocess.run([sys.executable, str(TRAIN_PY), *argv, "--folds", str(folds), "--fold",
+                                       str(fold), "--run-name", f"{name}/fold{fold}", "--resume", "auto"],
+                                      stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra}).returncode
+        finally:
+            slots.put(slot)
 
     with ThreadPoolExecutor(jobs) as pool:
         codes = list(pool.map(run, range(folds)))

@@ -124,6 +124,13 @@ def visible_gpus(dev_root: str | os.PathLike = "/dev", path: str | None = None) 
     return _select(files, [None] * len(files), entries)
 
 
+def gpu_ids(dev_root: str | os.PathLike = "/dev", path: str | None = None) -> list[str]:
+    """A CUDA_VISIBLE_DEVICES entry for each GPU this process may use (its own entries where it is set, else "0",
+    "1", ...): what a child process is given to see exactly one of them. [] without GPUs."""
+    count, entries = len(visible_gpus(dev_root, path)), _cuda_visible_entries()
+    return (entries if entries is not None else [str(i) for i in range(count)])[:count]
+
+
 def driver_version(proc_root: str | os.PathLike = "/proc", path: str | None = None) -> str | None:
     """The NVIDIA driver version ("550.54.15"): from nvidia-smi, else from PROC_ROOT/driver/nvidia/version; None if
     neither is there. Independent of CUDA_VISIBLE_DEVICES."""

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from ravdess_dist.cv import slot_environment
 from tests.trainer_fixtures import launch_two, run_python, train_args
 
 
@@ -50,7 +51,8 @@ def test_cross_validation_with_concurrent_fold_processes(setup):
     summary = json.loads((tmp / "models/cvj/summary.json").read_text())
     assert [r["run"] for r in summary["runs"]] == ["cvj/fold0", "cvj/fold1", "cvj/fold2"]
     assert sorted(a for r in summary["runs"] for a in r["test_actors"]) == [1, 2, 3, 4, 5, 6]
-    assert "run cvj/fold1:" in (tmp / "models/cvj/fold1.log").read_text()
+    log1 = (tmp / "models/cvj/fold1.log").read_text()
+    assert "run cvj/fold1:" in log1 and log1.startswith("cv: fold 1 in slot ") and "OMP_NUM_THREADS=" in log1
     # `cv export`: the CV without checkpoints (what results/ keeps), its logs without progress bars
     export = run_python(["-m", "ravdess_dist.cv", "export", str(tmp / "models/cvj"), "--out", str(tmp / "kept")])
     assert export.returncode == 0, export.stderr[-3000:]
@@ -86,3 +88,16 @@ def test_cross_validation_with_two_processes_finishes_every_fold(setup):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp / "models/cv2p/summary.json").read_text())
     assert len(summary["runs"]) == 3
+
+
+@pytest.mark.parametrize("jobs, gpus, expected", [
+    (2, [], [None, None]),  # CPUs: no GPU named
+    (2, ["0", "1"], ["0", "1"]),  # one GPU per fold
+    (6, ["0", "1"], ["0", "1", "0", "1", "0", "1"]),  # three folds on each GPU
+    (3, ["GPU-aaaa"], ["GPU-aaaa"] * 3),  # all on the one GPU the parent may use
+])
+def test_concurrent_fold_slots_spread_over_the_gpus(jobs, gpus, expected):
+    """Slot s of `cv --jobs N` sees GPU s mod G only, with cpu_count // N threads: no GPU gets more than its share."""
+    envs = [slot_environment(slot, jobs, gpus, cpus=16) for slot in range(jobs)]
+    assert [env.get("CUDA_VISIBLE_DEVICES") for env in envs] == expected
+    assert {env["OMP_NUM_THREADS"] for env in envs} == {str(max(1, 16 // jobs))}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ravdess_dist import device
-from ravdess_dist.device import driver_version, provenance, resolve_device, visible_gpus
+from ravdess_dist.device import driver_version, gpu_ids, provenance, resolve_device, visible_gpus
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -134,6 +134,19 @@ def test_cuda_visible_devices_selects_by_index_and_uuid(two_old_h100s, monkeypat
     assert len(visible_gpus(dev_root=two_old_h100s)) == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert visible_gpus(dev_root=two_old_h100s) == [H100, H100]
+
+
+def test_gpu_ids_name_each_usable_gpu_for_a_child_process(two_old_h100s, tmp_path, monkeypatch):
+    """gpu_ids: "0", "1", ... for the GPUs seen, or this process's own CUDA_VISIBLE_DEVICES entries; none without GPUs."""
+    assert gpu_ids(dev_root=two_old_h100s) == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb,GPU-aaaa")
+    assert gpu_ids(dev_root=two_old_h100s) == ["GPU-bbbb", "GPU-aaaa"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,7")  # CUDA stops at the first invalid entry
+    assert gpu_ids(dev_root=two_old_h100s) == ["1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    (tmp_path / "empty_bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))  # no nvidia-smi, and the fake /dev is empty
+    assert gpu_ids(dev_root=two_old_h100s) == []
 
 
 def test_driver_version_from_nvidia_smi_or_proc(no_smi, tmp_path):
