@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from ravdess_dist.augment import AugmentConfig
-from ravdess_dist.data.contract import BACKENDS
+from ravdess_dist.data.contract import BACKENDS, OTHER_INTENSITY
 from ravdess_dist.features import FeatureConfig
 from ravdess_dist.models import list_models
 from shards.labels import SELECTIONS
@@ -68,7 +68,10 @@ HELP = {
     "device": "auto: the GPU when torch can use one, an error when GPUs are there but unusable, else the CPU",
     "train_intensities": "training clips: the selected intensity only (same) or both intensities (both)",
     "eval_crops": "crops averaged per clip at evaluation",
-    "speaker_norm": "per-speaker feature normalisation",
+    "speaker_norm": "per-speaker feature normalisation (uses the test actors' unlabelled audio: off by default)",
+    "speaker_stats": "with speaker_norm, each actor's statistics come from the clips being trained or scored (own: "
+                     "transductive for test actors) or from that actor's clips of the other intensity, never scored "
+                     "in this task (other_intensity: an enrolment set of the speaker's unlabelled audio)",
     "channels_last": "NHWC memory layout for the model's convolutions (faster on CPUs with oneDNN and on tensor cores)",
     "compile": "torch.compile the model (through Accelerate): no, default, reduce-overhead (CUDA graphs) or max-autotune",
     "cudnn_benchmark": "let cuDNN time its convolution algorithms for the fixed input shape (GPU only)",
@@ -83,7 +86,7 @@ def choices() -> dict[str, tuple]:
     return {"model": tuple(list_models()), "intensity": tuple(SELECTIONS), "backend": tuple(BACKENDS),
             "train_intensities": ("same", "both"), "device": ("auto", "cuda", "cpu"),
             "optimizer": ("adamw", "sgd"), "select": ("best", "last"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
-            "compile": ("no", "default", "reduce-overhead", "max-autotune")}
+            "compile": ("no", "default", "reduce-overhead", "max-autotune"), "speaker_stats": ("own", "other_intensity")}
 
 
 @dataclass
@@ -124,6 +127,7 @@ class TrainConfig:
     train_intensities: str = "same"
     eval_crops: int = 1
     speaker_norm: bool = False
+    speaker_stats: str = "own"
     channels_last: bool = False
     compile: str = "no"
     cudnn_benchmark: bool = False
@@ -152,6 +156,11 @@ class TrainConfig:
         if self.backend == "dali" and self.train_intensities == "both" and self.intensity == "strong":
             raise ValueError("train_intensities=both for strong leaves neutral out of whole DALI shards: use --backend "
                              "device or torch")
+        if self.speaker_stats != "own" and not self.speaker_norm:
+            raise ValueError(f"speaker_stats={self.speaker_stats} only applies with speaker_norm=true")
+        if self.speaker_stats == "other_intensity" and self.intensity not in OTHER_INTENSITY:
+            raise ValueError(f"speaker_stats=other_intensity needs --intensity normal or strong, not {self.intensity} "
+                             f"(it has no other intensity)")
         if (self.test_actors or self.val_actors) and self.folds is not None:
             raise ValueError("--folds/--fold and --test-actors/--val-actors exclude each other")
         if not self.validation and self.select != "last":

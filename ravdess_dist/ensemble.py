@@ -32,7 +32,7 @@ import torch
 
 from ravdess_dist.checkpoint import load_checkpoint
 from ravdess_dist.config import device_only_in_use, from_dict
-from ravdess_dist.data.contract import LoaderSpec
+from ravdess_dist.data.contract import LoaderSpec, reference_entries
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.evaluate import plot_confusion, prediction_rows, window_average
 from ravdess_dist.metrics import confusion_matrix, summarize
@@ -90,14 +90,17 @@ def member_probabilities(run: Path, shards: Path | None, device: torch.device, e
                          f"{sorted(set(target) - set(classes))} of the {intensity} task")
     if not scored:
         raise ValueError(f"{run}: has no {actors} actors (a run trained with --no-validation has no validation actors)")
+    if cfg.speaker_norm and cfg.speaker_stats == "other_intensity" and intensity != cfg.intensity:
+        raise ValueError(f"{run}: its speaker statistics come from the {intensity} clips: it scores {cfg.intensity} only")
     used = device_only_in_use(cfg, crops, eval_speeds)  # the other backends score one plain window
     if used and cfg.backend != "device":
         raise ValueError(f"{run}: {', '.join(used)} need(s) a run of the device backend, not {cfg.backend}")
     loader = make_loader(cfg.backend, LoaderSpec(root, manifest.select(intensity, scored), classes,
                                                  cfg.batch_size, False, cfg.features, None, device,
                                                  eval_crops=crops, eval_speeds=tuple(eval_speeds),
-                                                 speaker_norm=cfg.speaker_norm,
-                                                 num_workers=cfg.num_workers))
+                                                 speaker_norm=cfg.speaker_norm, num_workers=cfg.num_workers,
+                                                 speaker_reference=reference_entries(manifest, cfg.intensity,
+                                                                                     cfg.speaker_stats, scored)))
     model = create_model(cfg.model, len(classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
     model.load_state_dict(state["model"])
     model.to(device).eval()

@@ -19,7 +19,7 @@ from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint,
 from ravdess_dist.config import TrainConfig, from_dict, to_dict
 from ravdess_dist.device import provenance, resolve_device
 from ravdess_dist.evaluate import evaluate, plot_confusion
-from ravdess_dist.data.contract import LoaderSpec
+from ravdess_dist.data.contract import LoaderSpec, reference_entries
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.models import create_model
 from shards.atomic import write_json
@@ -229,18 +229,20 @@ class Run:
         self.classes = manifest.class_names(cfg.intensity)
         set_seed(cfg.seed)
 
-        def loader(entries, train):
-            """A loader over these shards for this rank."""
+        def loader(entries, train, actors):
+            """A loader over these shards (of these actors) for this rank."""
             return make_loader(cfg.backend, LoaderSpec(
                 Path(cfg.shards), entries, self.classes, self.batch_size, train, cfg.features,
                 augment=cfg.augment if train else None, device=acc.device, rank=acc.process_index,
                 world_size=acc.num_processes, seed=cfg.seed, num_workers=cfg.num_workers, eval_crops=cfg.eval_crops,
-                speaker_norm=cfg.speaker_norm))
+                speaker_norm=cfg.speaker_norm,
+                speaker_reference=reference_entries(manifest, cfg.intensity, cfg.speaker_stats, actors)))
 
         self.train_entries = training_entries(manifest, cfg, self.split.train, self.classes)
-        self.train_loader = loader(self.train_entries, True)
-        self.val_loader = loader(manifest.select(cfg.intensity, self.split.val), False) if self.split.val else None
-        self.test_loader = loader(manifest.select(cfg.intensity, self.split.test), False)
+        self.train_loader = loader(self.train_entries, True, self.split.train)
+        self.val_loader = (loader(manifest.select(cfg.intensity, self.split.val), False, self.split.val)
+                           if self.split.val else None)
+        self.test_loader = loader(manifest.select(cfg.intensity, self.split.test), False, self.split.test)
         model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
         if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change layout
             model = model.to(memory_format=torch.channels_last)
@@ -502,8 +504,10 @@ class Run:
                    "world_size": acc.num_processes, "mixed_precision": acc.mixed_precision,
                    "batch_size": self.cfg.batch_size, "batch_size_per_process": self.batch_size,
                    "steps_per_epoch": len(self.train_loader),
-                   # speaker_norm normalises with statistics of the test actors' own (unlabelled) audio
-                   "transductive": self.cfg.speaker_norm,
+                   # speaker_norm normalises with statistics of the test actors' unlabelled audio: their scored
+                   # clips (transductive) or their other-intensity clips (speaker_stats=other_intensity)
+                   "transductive": self.cfg.speaker_norm and self.cfg.speaker_stats == "own",
+                   "test_speaker_audio": self.cfg.speaker_norm,
                    "weight_checksums": self.weight_checksums, "test_weight_checksums": self.test_weight_checksums,
                    "wall_seconds": round(timing["wall"], 1), "timing": timing, "history": self.history}
         if acc.is_main_process:

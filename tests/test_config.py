@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE = {"backend": "device", "select": "last"}  # accept every setting (validate() ties some to the device backend,
 # --no-validation to select=last)
 SAMPLES = {"features.kind": "mfcc"}  # settings whose valid values a type alone does not give
+NEEDS = {"speaker_stats": ["speaker_norm=true"]}  # settings that validate() accepts only beside another one
 
 
 def split_optional(tp):
@@ -116,7 +117,7 @@ def load(yaml_file, *argv, data=None):
 def test_every_setting_takes_a_dotted_override(yaml_file, key, tp, default):
     """KEY=VALUE sets every leaf setting, nested ones included, with the type its annotation names."""
     value = sample(key, tp, default)
-    cfg = load(yaml_file, f"{key}={as_text(value)}")
+    cfg = load(yaml_file, *NEEDS.get(key, []), f"{key}={as_text(value)}")
     got = lookup(cfg, key)
     expected = value
     base, _ = split_optional(tp)
@@ -174,7 +175,7 @@ def test_every_top_level_field_has_a_flag(yaml_file, f):
         argv = [flag, json.dumps(value)]
     else:
         argv = [flag, str(value)]
-    assert same(getattr(load(yaml_file, *argv), f.name), value)
+    assert same(getattr(load(yaml_file, *NEEDS.get(f.name, []), *argv), f.name), value)
 
 
 @pytest.mark.parametrize("argv, key, expected", [
@@ -271,6 +272,10 @@ def test_precedence_for_sections_and_model_args(yaml_file):
     (["backend=dali", "speaker_norm=true", "features.speech_top_db=40"], ["features.speech_top_db, speaker_norm",
                                                                           "dali backend"]),
     (["select=best", "--no-validation"], ["--no-validation", "--select last"]),
+    (["speaker_stats=other_intensity"], ["speaker_stats=other_intensity", "speaker_norm=true"]),
+    (["speaker_stats=mine"], ["speaker_stats", "other_intensity", "'mine'"]),
+    (["backend=device", "speaker_norm=true", "speaker_stats=other_intensity", "--intensity", "all"],
+     ["other_intensity", "normal or strong", "all"]),
 ])
 def test_errors_are_one_line_value_errors_naming_the_key(yaml_file, argv, needles):
     """Unknown keys, bad values and stray tokens: one-line ValueErrors naming what is wrong."""

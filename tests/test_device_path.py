@@ -128,6 +128,22 @@ def test_speaker_norm_standardises_each_actor(shards):  # noqa: F811
         torch.testing.assert_close(feats.std(dim=(0, 3)), torch.ones(1, 64), atol=1e-2, rtol=0)
 
 
+def test_speaker_reference_gives_the_statistics_of_other_clips(shards):  # noqa: F811
+    """speaker_norm with a speaker_reference: each actor is normalised by the statistics of the reference clips (here
+    its normal ones) exactly as a loader over those clips computes them, not by the scored clips' own; an actor
+    without reference clips is an error naming it."""
+    manifest = Manifest.load(shards)
+    normal = loader("device", shards, "normal", 32, speaker_norm=True)
+    own = loader("device", shards, "strong", 32, speaker_norm=True)
+    enrolled = loader("device", shards, "strong", 32, speaker_norm=True, speaker_reference=manifest.select("normal"))
+    for got, want in zip(enrolled.speaker_stats, normal.speaker_stats):
+        assert torch.equal(got, want)
+    assert not torch.allclose(enrolled.speaker_stats[0], own.speaker_stats[0])
+    assert len(collect(enrolled)) == 112  # still every strong clip, once
+    with pytest.raises(ValueError, match=r"no reference clips for actor\(s\) \[3, 4\]"):
+        loader("device", shards, "strong", 32, speaker_norm=True, speaker_reference=manifest.select("normal", [1, 2]))
+
+
 def test_the_corpus_is_decoded_once_per_process(shards):  # noqa: F811
     """A second loader over the same shards (the next CV fold) takes the decoded clips from the cache."""
     loader("device", shards, "strong", 16)

@@ -504,6 +504,17 @@ def test_strong_model_trained_on_both_intensities_never_predicts_neutral(setup, 
     assert sorted(json.loads(out.stdout)["probabilities"]) == sorted(m["classes"])
 
 
+def test_speaker_statistics_from_the_other_intensity_are_not_transductive(setup):
+    """speaker_norm with speaker_stats=other_intensity on strong: every strong clip of the test actors is tested, and
+    metrics.json says the test actors' audio was used (their normal clips) but not transductively (no scored clip)."""
+    proc = train(setup, "spk-other", "--epochs", "1", "--intensity", "strong", "--backend", "device", "--speaker-norm",
+                 "speaker_stats=other_intensity")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = metrics(setup, "spk-other")
+    assert (m["transductive"], m["test_speaker_audio"]) == (False, True)
+    assert m["test"]["clips"] == 28 * len(m["split"]["test"]) and math.isfinite(m["history"][0]["loss"])
+
+
 def test_channels_last_and_compile_keep_plain_checkpoints(setup):
     """channels_last stores the conv weights NHWC and compile wraps the model, yet the state dict that checkpoints
     save keeps the plain model's parameter names (resume, predict and ensembles load it into an eager model)."""

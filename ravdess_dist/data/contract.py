@@ -95,7 +95,8 @@ class LoaderSpec:
     """What a loader reads and how: one object instead of a dozen positional arguments.
 
     eval_crops: windows per clip at evaluation (device backend; probabilities averaged by `evaluate`).
-    speaker_norm: transductive per-actor feature statistics (device backend; uses the actors' unlabelled audio).
+    speaker_norm: per-actor feature statistics (device backend; uses the actors' unlabelled audio), over the loader's
+        own clips, or over SPEAKER_REFERENCE's where given (`reference_entries`: each actor's other-intensity clips).
     eval_speeds: speed factors of test-time views (device backend): every window is also scored played at each of
         them (speed perturbation, as in training), so a clip has eval_crops x len(eval_speeds) windows.
     """
@@ -115,6 +116,18 @@ class LoaderSpec:
     eval_crops: int = 1
     speaker_norm: bool = False
     eval_speeds: tuple[float, ...] = (1.0,)
+    speaker_reference: list[ShardEntry] | None = None
+
+
+OTHER_INTENSITY = {"normal": "strong", "strong": "normal"}
+
+
+def reference_entries(manifest: Manifest, intensity: str, speaker_stats: str, actors) -> list[ShardEntry] | None:
+    """The shards whose clips give ACTORS' speaker_norm statistics: None for "own" (the loader's own clips); for
+    "other_intensity" each actor's clips of the other intensity, which this intensity's task never scores."""
+    if speaker_stats == "own" or not actors:
+        return None
+    return manifest.select(OTHER_INTENSITY[intensity], actors)
 
 
 def decode(sample: dict) -> tuple[torch.Tensor, int, str]:

@@ -22,9 +22,10 @@ and turned into features there.
   every factor of `eval_speeds`, test-time speed views, 1.0 alone by default) are computed on the first pass and kept:
   they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate` averages the K windows'
   probabilities.
-- speaker_norm (transductive, off by default): each actor's log-mel is normalised by that actor's own statistics (mean
-  and standard deviation per mel band over the centre windows of all of that actor's clips in this loader's
-  selection) instead of per clip. For test actors this uses their unlabelled test audio.
+- speaker_norm (off by default: it uses the test actors' unlabelled audio): each actor's log-mel is normalised by that
+  actor's own statistics (mean and standard deviation per mel band over the centre windows of that actor's clips)
+  instead of per clip. The clips are this loader's own (transductive: a test actor's scored clips), or those of
+  `spec.speaker_reference` (the actor's clips of the other intensity, never scored: an enrolment set).
 """
 import functools
 from dataclasses import replace
@@ -38,6 +39,7 @@ from ravdess_dist.data.contract import RawBatch, ShardLoader, decode, resample_p
 from ravdess_dist.data.prefetch import prefetched
 from ravdess_dist.features import Frontend, span_crop_starts, span_windows, speech_span
 from shards.audio import PCM16_SCALE
+from shards.labels import EMOTIONS
 
 CHUNK = 64  # clips per feature call: bounds the intermediate tensors of evaluation passes
 PREFETCH = 2  # training batches computed ahead in a thread when the device is the CPU and num_workers > 0
@@ -89,7 +91,7 @@ class DeviceLoader(ShardLoader):
         self.wave_augment = WaveAugment(self.augment, feats.sample_rate).to(self.device) if self.augment else None
         speeds = ((self.augment and self.augment.speed) or ()) if self.train else spec.eval_speeds
         self.speed_perturb = SpeedPerturb(speeds).to(self.device)
-        self.speaker_stats = self.actor_statistics() if spec.speaker_norm else None
+        self.speaker_stats = self.reference_statistics(spec) if spec.speaker_norm else None
         self.eval_cache: list[RawBatch] | None = None
         # on a GPU a step of these small models is bound by kernel launches: the data path makes its launches for
         # GPU_PASS batches at once; on the CPU batch by batch (the prefetch thread keeps a step's worth ahead)
@@ -110,6 +112,18 @@ class DeviceLoader(ShardLoader):
             actors = self.device_actors[rows]  # a lookup on the device: no round trip through the host
             x = (x - mean[actors]) / std[actors]
         return x
+
+    def reference_statistics(self, spec) -> tuple[torch.Tensor, torch.Tensor]:
+        """speaker_norm's per-actor statistics: over this loader's clips, or over spec.speaker_reference's (decoded
+        like these, from the same cache); an actor of this loader without reference clips is an error."""
+        if spec.speaker_reference is None:
+            return self.actor_statistics()
+        reference = DeviceLoader(replace(spec, entries=spec.speaker_reference, speaker_reference=None, train=False,
+                                         augment=None, class_names=EMOTIONS, rank=0, world_size=1))
+        missing = sorted(set(self.actors.tolist()) - set(reference.actors.tolist()))
+        if missing:
+            raise ValueError(f"{self.root}: speaker_norm has no reference clips for actor(s) {missing}")
+        return reference.speaker_stats
 
     def actor_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-actor mean and std per feature bin [A, 1, F, 1] over the centre windows of the actor's clips."""
