@@ -17,6 +17,7 @@ SHARED_FIXTURES = {
     ("test_trainer.py", "ddp"): "trainer-runs",
     ("test_loaders.py", "shards"): "loaders-sample",
     ("test_device_path.py", "shards"): "device-path-sample",  # the same fixture, imported: one instance per module
+    ("test_predict.py", "shards"): "predict-sample",
 }
 
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
