@@ -32,6 +32,7 @@ def windows(wave: torch.Tensor, length: int, span: tuple[int, int] | None = None
     return torch.stack([padded[s:s + length] for s in starts.tolist()])
 
 
+@torch.no_grad()
 def speaker_statistics(paths: list[Path], feats: FeatureConfig, device: torch.device | str = "cpu"
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation per feature bin [1, F, 1] of a speaker's recordings PATHS: the features (without
