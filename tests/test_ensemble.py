@@ -227,3 +227,19 @@ def test_a_normal_run_scores_the_strong_task_without_neutral(two_seeds, setup, t
     assert mixed.returncode == 2 and "--intensity scores every member on one intensity's task" in mixed.stderr
     lacking = run_python(["-m", "ravdess_dist.ensemble", str(strong), "--intensity", "normal", "--out", str(tmp_path / "c")])
     assert lacking.returncode == 2 and "lack ['neutral'] of the normal task" in lacking.stderr
+
+
+def test_an_enrolment_normalised_run_rescored_uses_the_same_statistics(setup, tmp_path):
+    """A speaker_stats=other_intensity run (normal: each actor normalised by its strong clips) re-scored alone gives
+    every clip's own probabilities back (the re-scoring takes the statistics from the same clips), and scoring it on
+    the strong task is refused: its statistics come from those very clips."""
+    proc = run_train(setup, "enrol-member", "--epochs", "1", "--backend", "device", "--speaker-norm",
+                     "speaker_stats=other_intensity")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = setup[0] / "models" / "enrol-member"
+    assert ensemble_main([str(run), "--out", str(tmp_path / "again")]) == 0
+    own, again = (json.loads((d / "predictions.json").read_text()) for d in (run, tmp_path / "again"))
+    by_key = {r["key"]: r["probs"] for r in again}
+    assert len(by_key) == len(own) and all(r["probs"] == pytest.approx(by_key[r["key"]], abs=2e-6) for r in own)
+    strong = run_python(["-m", "ravdess_dist.ensemble", str(run), "--intensity", "strong", "--out", str(tmp_path / "s")])
+    assert strong.returncode == 2 and "speaker statistics come from the strong clips" in strong.stderr
