@@ -22,11 +22,13 @@ from ravdess_dist.models import create_model
 from shards.audio import read_mono
 
 
-def windows(wave: torch.Tensor, length: int, span: tuple[int, int] | None = None, count: int = 1) -> torch.Tensor:
-    """[W, length] windows over SPAN of WAVE (default: all of it): at least COUNT, and enough half-overlapping ones to
-    cover a long span; zero-padded where the clip is short."""
+def windows(wave: torch.Tensor, length: int, span: tuple[int, int] | None = None, count: int = 1,
+            cover: bool = True) -> torch.Tensor:
+    """[W, length] windows over SPAN of WAVE (default: all of it): at least COUNT, and (COVER) enough half-overlapping
+    ones to cover a long span, or exactly COUNT (count 1: the centre one); zero-padded where the clip is short."""
     start, stop = span or (0, len(wave))
-    count = max(count, 1 + max(0, -(-(stop - start - length) // (length // 2))))
+    if cover:
+        count = max(count, 1 + max(0, -(-(stop - start - length) // (length // 2))))
     starts = span_windows(torch.tensor([len(wave)]), torch.tensor([[start, stop]]), length, count)[0]
     padded = torch.nn.functional.pad(wave, (0, max(0, length - len(wave))))
     return torch.stack([padded[s:s + length] for s in starts.tolist()])
@@ -45,11 +47,8 @@ def speaker_statistics(paths: list[Path], feats: FeatureConfig, device: torch.de
             audio, _ = read_mono(path, feats.sample_rate)
         except Exception as err:
             raise ValueError(f"{path}: cannot read the speaker's audio ({err})") from err
-        wave = torch.from_numpy(audio)
-        span = torch.tensor([speech_span(audio, feats.speech_top_db, feats.n_fft, feats.hop_length)])
-        start = int(span_windows(torch.tensor([len(wave)]), span, feats.num_samples, 1)[0, 0])
-        window = torch.nn.functional.pad(wave, (0, max(0, start + feats.num_samples - len(wave))))
-        rows.append(frontend(window[None, start:start + feats.num_samples].to(device)))
+        span = speech_span(audio, feats.speech_top_db, feats.n_fft, feats.hop_length)
+        rows.append(frontend(windows(torch.from_numpy(audio), feats.num_samples, span, 1, cover=False).to(device)))
     x = torch.cat(rows)  # [N, 1, F, T]
     return x.mean(dim=(0, 3), keepdim=True)[0], x.std(dim=(0, 3), keepdim=True)[0].clamp_min(1e-5)
 

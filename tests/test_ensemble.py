@@ -22,6 +22,14 @@ def device_seeds(setup):
     return runs
 
 
+def assert_rescored_alone_gives_its_own_probabilities(run, out):
+    """RUN re-scored alone by the ensemble (into OUT) gives every clip the probabilities its own test wrote."""
+    assert ensemble_main([str(run), "--out", str(out)]) == 0
+    own, again = (json.loads((d / "predictions.json").read_text()) for d in (run, out))
+    by_key = {r["key"]: r["probs"] for r in again}
+    assert len(by_key) == len(own) and all(r["probs"] == pytest.approx(by_key[r["key"]], abs=2e-6) for r in own)
+
+
 def test_ensemble_of_two_runs_scores_every_test_clip(two_seeds, tmp_path):
     """Two runs of the same split: the ensemble's metrics cover every test clip once and list both members."""
     out = tmp_path / "ens"
@@ -101,10 +109,7 @@ def test_a_bf16_run_rescored_gives_its_own_probabilities(setup, tmp_path):
     proc = run_train(setup, "bf16-member", "--epochs", "1", "--mixed-precision", "bf16")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = setup[0] / "models" / "bf16-member"
-    assert ensemble_main([str(run), "--out", str(tmp_path / "again")]) == 0
-    own, again = (json.loads((d / "predictions.json").read_text()) for d in (run, tmp_path / "again"))
-    by_key = {r["key"]: r["probs"] for r in again}
-    assert len(by_key) == len(own) and all(r["probs"] == pytest.approx(by_key[r["key"]], abs=2e-6) for r in own)
+    assert_rescored_alone_gives_its_own_probabilities(run, tmp_path / "again")
 
 
 def test_checkpoint_last_scores_the_last_epoch(two_seeds, tmp_path):
@@ -237,9 +242,6 @@ def test_an_enrolment_normalised_run_rescored_uses_the_same_statistics(setup, tm
                      "speaker_stats=other_intensity")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = setup[0] / "models" / "enrol-member"
-    assert ensemble_main([str(run), "--out", str(tmp_path / "again")]) == 0
-    own, again = (json.loads((d / "predictions.json").read_text()) for d in (run, tmp_path / "again"))
-    by_key = {r["key"]: r["probs"] for r in again}
-    assert len(by_key) == len(own) and all(r["probs"] == pytest.approx(by_key[r["key"]], abs=2e-6) for r in own)
+    assert_rescored_alone_gives_its_own_probabilities(run, tmp_path / "again")
     strong = run_python(["-m", "ravdess_dist.ensemble", str(run), "--intensity", "strong", "--out", str(tmp_path / "s")])
     assert strong.returncode == 2 and "speaker statistics come from the strong clips" in strong.stderr
