@@ -11,6 +11,7 @@ import torchaudio
 from torch import Tensor, nn
 
 KINDS = ("logmel", "mfcc")
+NORMALIZE = ("bands", "clip", "none")  # per-clip normalisation: per band over the frames, over the whole clip, none
 CPU_CHUNK = 8  # clips per log-mel pass on a CPU: the intermediates stay in cache (32 clips at once: 1.3-1.6x slower)
 
 
@@ -23,6 +24,9 @@ class FeatureConfig:
     uses; 40 MFCCs are the original notebook's count; an 80 dB floor below each clip's peak drops inaudible
     detail; 3 s covers the spoken sentence of almost every RAVDESS clip (2.9-5.3 s, mostly leading/trailing
     silence); per-utterance normalisation removes channel and loudness differences between actors.
+    normalize: "bands" (or true): zero mean and unit variance per band over each clip's frames, which also removes the
+    clip's spectral tilt and dynamic range; "clip": one mean and standard deviation over the whole clip, which removes
+    only its gain (level and tilt stay, as a listener hears them); "none" (or false): the dB values as they are.
     speech_top_db (None: off) finds each clip's speech span, the frames within that many dB of its loudest frame
     (librosa.effects.trim): training crops are drawn inside it and evaluation windows cover it (device backend,
     predict), instead of windows that are a third silence.
@@ -39,11 +43,15 @@ class FeatureConfig:
     f_max: float | None = None
     top_db: float = 80.0
     clip_seconds: float = 3.0
-    normalize: bool = True
+    normalize: bool | str = "bands"
     speech_top_db: float | None = None
 
     def __post_init__(self):
         """Refuse settings the front end cannot honour, before any model is sized from them."""
+        if isinstance(self.normalize, bool):  # the settings of earlier versions: true is "bands", false "none"
+            self.normalize = "bands" if self.normalize else "none"
+        if self.normalize not in NORMALIZE:
+            raise ValueError(f"features.normalize must be one of {list(NORMALIZE)} (or true/false), got {self.normalize!r}")
         if self.kind not in KINDS:
             raise ValueError(f"features.kind must be one of {list(KINDS)}, got {self.kind!r}")
         if self.win_length > self.n_fft:
@@ -109,8 +117,10 @@ class Frontend(nn.Module):
             x = db.float().reshape(db.shape[0], db.shape[-2], db.shape[-1])
             if self.cfg.kind == "mfcc":
                 x = (x.transpose(1, 2) @ self.dct).transpose(1, 2)
-            if self.cfg.normalize:  # zero mean, unit variance over time per clip and bin (instance norm, 2x faster)
+            if self.cfg.normalize == "bands":  # zero mean, unit variance over time per clip and bin (instance norm)
                 x = F.layer_norm(x, x.shape[-1:])
+            elif self.cfg.normalize == "clip":  # one mean and variance per clip: its gain goes, its spectral shape stays
+                x = F.layer_norm(x, x.shape[-2:])
             return x.unsqueeze(1)
 
     def forward(self, wave: Tensor) -> Tensor:

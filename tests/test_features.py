@@ -69,6 +69,28 @@ def test_mfcc_matches_librosa(speech):
     np.testing.assert_allclose(out[0, 0].numpy(), ref, atol=2e-3)
 
 
+def test_normalize_modes(speech):
+    """"bands": every band of a clip has zero mean and unit variance over its frames (its spectral tilt is gone);
+    "clip": the clip as a whole has, its bands keep their differences, and a clip 20 dB quieter gives the same
+    features (gain removed); "none": the dB log-mel itself. true and false are the earlier names of "bands" and
+    "none"; anything else is refused, naming the choices."""
+    wave = torch.from_numpy(speech)[None]
+    db = Frontend(FeatureConfig(normalize="none")).log_mel(wave)
+    bands = Frontend(FeatureConfig(normalize="bands"))(wave)[0, 0]
+    clip = Frontend(FeatureConfig(normalize="clip"))
+    whole = clip(wave)[0, 0]
+    torch.testing.assert_close(bands.mean(dim=1), torch.zeros(64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(bands.std(dim=1, unbiased=False), torch.ones(64), atol=1e-3, rtol=0)
+    assert abs(float(whole.mean())) < 1e-4 and abs(float(whole.std(unbiased=False)) - 1) < 1e-3
+    band_means = whole.mean(dim=1)
+    assert float(band_means.max() - band_means.min()) > 1.0  # low bands stay louder than high ones
+    torch.testing.assert_close(clip(wave * 0.1)[0, 0], whole, atol=1e-3, rtol=0)  # -20 dB: above the top_db floor
+    torch.testing.assert_close(Frontend(FeatureConfig(normalize="none"))(wave), db)
+    assert FeatureConfig(normalize=True).normalize == "bands" and FeatureConfig(normalize=False).normalize == "none"
+    with pytest.raises(ValueError, match=r"features.normalize must be one of \['bands', 'clip', 'none'\]"):
+        FeatureConfig(normalize="speaker")
+
+
 @pytest.mark.parametrize("kind", ["logmel", "mfcc"])
 def test_float32_under_autocast_and_fixed_shape(speech, kind):
     """bf16 autocast does not reach the front end: float32, finite, identical to no autocast; T == cfg.num_frames."""
