@@ -60,6 +60,9 @@ HELP = {
     "validation": "hold out validation actors (the fold after the test fold, or --val-actors); --no-validation "
                   "trains on them too (20 of 24 actors instead of 16) and needs select=last: nothing is left to "
                   "choose an epoch on",
+    "test": "hold out the test actors (the test fold, or --test-actors); --no-test trains on them too: the final "
+            "model to use, once a cross-validation has measured the recipe on unseen speakers (it has no test "
+            "figures of its own; with --no-validation every actor trains)",
     "select": "the model kept as best.pt and tested: the epoch of the best validation UA (best, with patience), or "
               "the last epoch (last: the whole schedule runs)",
     "seed": "random seed",
@@ -120,6 +123,7 @@ class TrainConfig:
     test_actors: list[int] | None = None
     val_actors: list[int] | None = None
     validation: bool = True
+    test: bool = True
     select: str = "best"
     seed: int = 0
     num_workers: int = 2
@@ -165,6 +169,8 @@ class TrainConfig:
             raise ValueError("--folds/--fold and --test-actors/--val-actors exclude each other")
         if not self.validation and self.select != "last":
             raise ValueError("--no-validation leaves no validation actors to choose the best epoch on: add --select last")
+        if not self.test and self.test_actors:
+            raise ValueError("--no-test trains on the test actors too: drop --test-actors")
         if not self.validation and self.val_actors:
             raise ValueError("--no-validation trains on every actor but the test actors: drop --val-actors")
         return self

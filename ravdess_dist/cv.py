@@ -221,6 +221,8 @@ def train_main(argv: list[str]) -> None:
         sys.exit(f"error: {err}")
     if cfg.test_actors or cfg.val_actors:
         sys.exit("error: cross-validation chooses test actors by fold; drop --test-actors/--val-actors")
+    if not cfg.test:
+        sys.exit("error: cross-validation tests every fold; --no-test is for the final model (train.py)")
     cfg.folds = cfg.folds or 6
     name = cfg.run_name or f"cv-{cfg.model}-{cfg.intensity}-{cfg.folds}folds"
     if jobs > 1:

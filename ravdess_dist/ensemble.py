@@ -89,7 +89,8 @@ def member_probabilities(run: Path, shards: Path | None, device: torch.device, e
         raise ValueError(f"{run}: trained for {cfg.intensity} on the classes {classes}, which lack "
                          f"{sorted(set(target) - set(classes))} of the {intensity} task")
     if not scored:
-        raise ValueError(f"{run}: has no {actors} actors (a run trained with --no-validation has no validation actors)")
+        raise ValueError(f"{run}: has no {actors} actors (a run trained with --no-validation has no validation actors, "
+                         f"a final model, --no-test, no test actors)")
     if cfg.speaker_norm and cfg.speaker_stats == "other_intensity" and intensity != cfg.intensity:
         raise ValueError(f"{run}: its speaker statistics come from the {intensity} clips: it scores {cfg.intensity} only")
     used = device_only_in_use(cfg, crops, eval_speeds)  # the other backends score one plain window

@@ -3,6 +3,7 @@
 Shapes: waveforms are [B, N] float; features are [B, 1, F, T] (one channel, F bins, T frames), ready for the models.
 """
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ class FeatureConfig:
     f_max: float | None = None
     top_db: float = 80.0
     clip_seconds: float = 3.0
-    normalize: bool | str = "bands"
+    normalize: Literal["bands", "clip", "none", True, False] = "bands"  # true/false: earlier versions' settings
     speech_top_db: float | None = None
 
     def __post_init__(self):

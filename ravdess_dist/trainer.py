@@ -73,6 +73,8 @@ def compile_plugin(mode: str) -> TorchDynamoPlugin | None:
 def default_run_name(cfg: TrainConfig) -> str:
     """MODEL-INTENSITY-SPLIT-TIMESTAMP, e.g. hybrid-normal-fold0of6-20261124-101500."""
     split = f"test{'-'.join(map(str, cfg.test_actors))}" if cfg.test_actors else f"fold{cfg.fold}of{cfg.folds or 'auto'}"
+    if not cfg.test:
+        split = "final"
     return f"{cfg.model}-{cfg.intensity}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -127,7 +129,7 @@ def check_resumable(path, saved: dict, cfg: TrainConfig, actors) -> None:
     splits = []
     for c in (saved, asked):
         splits.append(make_split(actors, c.get("folds"), c.get("fold") or 0, c.get("test_actors"), c.get("val_actors"),
-                                 c.get("validation", True)))
+                                 c.get("validation", True), c.get("test", True)))
     if splits[0] != splits[1]:
         raise ValueError(f"{path}: checkpoint has split=({describe_split(splits[0])}), this run asks "
                          f"split=({describe_split(splits[1])})")
@@ -225,7 +227,8 @@ class Run:
         broadcast_object_list(name)  # every rank must agree on one name (timestamps differ)
         cfg.run_name, self.cfg = name[0], cfg
         self.run_dir = Path(cfg.output_dir) / cfg.run_name
-        self.split = make_split(manifest.actors, cfg.folds, cfg.fold, cfg.test_actors, cfg.val_actors, cfg.validation)
+        self.split = make_split(manifest.actors, cfg.folds, cfg.fold, cfg.test_actors, cfg.val_actors, cfg.validation,
+                                cfg.test)
         self.classes = manifest.class_names(cfg.intensity)
         set_seed(cfg.seed)
 
@@ -242,7 +245,8 @@ class Run:
         self.train_loader = loader(self.train_entries, True, self.split.train)
         self.val_loader = (loader(manifest.select(cfg.intensity, self.split.val), False, self.split.val)
                            if self.split.val else None)
-        self.test_loader = loader(manifest.select(cfg.intensity, self.split.test), False, self.split.test)
+        self.test_loader = (loader(manifest.select(cfg.intensity, self.split.test), False, self.split.test)
+                            if self.split.test else None)  # --no-test: a final model, every actor trained on
         model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
         if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change layout
             model = model.to(memory_format=torch.channels_last)
@@ -485,45 +489,54 @@ class Run:
         self.weight_checksums = sums
 
     def test(self) -> dict:
-        """Evaluate the best epoch's weights on the test actors; write metrics.json, the confusion matrix, hparams."""
+        """Evaluate the best epoch's weights on the test actors; write metrics.json, the confusion matrix, hparams.
+        A final model (--no-test) has no test actors: its metrics.json has `"test": null` and the rest."""
         acc = self.accelerator
         best = self.run_dir / "best.pt"
+        test, cm, rows = None, None, None
         # the main process reads best.pt, every rank gets its weights: no rank tests other weights, or fails, because
         # its own view of the file system differs
         with self.timed("test"):
-            weights = from_main(acc, lambda: load_checkpoint(best)["model"] if best.is_file() else None)
-            if weights is not None:
-                self.saved_model().load_state_dict(weights)
-            self.test_weight_checksums = gather_object([weights_checksum(self.saved_model().state_dict())])
-            test, cm, rows = evaluate(self.evaluated_model(), self.test_loader, acc, self.classes)
+            if self.test_loader is not None:
+                weights = from_main(acc, lambda: load_checkpoint(best)["model"] if best.is_file() else None)
+                if weights is not None:
+                    self.saved_model().load_state_dict(weights)
+                self.test_weight_checksums = gather_object([weights_checksum(self.saved_model().state_dict())])
+                test, cm, rows = evaluate(self.evaluated_model(), self.test_loader, acc, self.classes)
         timing = self.timing()
         metrics = {"run": self.cfg.run_name, "model": self.cfg.model, "intensity": self.cfg.intensity,
                    "classes": self.classes, "split": vars(self.split), "select": self.cfg.select,
                    "best_epoch": self.best["epoch"],
-                   "epochs_run": self.epoch, "val": self.best.get("val"), "test": test, "confusion_matrix": cm.tolist(),
+                   "epochs_run": self.epoch, "val": self.best.get("val"), "test": test,
+                   "confusion_matrix": None if cm is None else cm.tolist(),
                    "world_size": acc.num_processes, "mixed_precision": acc.mixed_precision,
                    "batch_size": self.cfg.batch_size, "batch_size_per_process": self.batch_size,
                    "steps_per_epoch": len(self.train_loader),
                    # speaker_norm normalises with statistics of the test actors' unlabelled audio: their scored
                    # clips (transductive) or their other-intensity clips (speaker_stats=other_intensity)
-                   "transductive": self.cfg.speaker_norm and self.cfg.speaker_stats == "own",
-                   "test_speaker_audio": self.cfg.speaker_norm,
+                   "transductive": self.cfg.speaker_norm and self.cfg.speaker_stats == "own" and test is not None,
+                   "test_speaker_audio": self.cfg.speaker_norm and test is not None,
                    "weight_checksums": self.weight_checksums, "test_weight_checksums": self.test_weight_checksums,
                    "wall_seconds": round(timing["wall"], 1), "timing": timing, "history": self.history}
         if acc.is_main_process:
-            fig = plot_confusion(cm, self.classes, f"{self.cfg.run_name}: test UA {test['ua']:.3f}")
-            fig.savefig(self.run_dir / "confusion_matrix.png")
-            self.writer.add_figure("test/confusion_matrix", fig, self.epoch)
+            scores = {} if test is None else {"hparam/test_wa": test["wa"], "hparam/test_ua": test["ua"],
+                                              "hparam/test_macro_f1": test["macro_f1"]}
             self.writer.add_hparams({k: v for k, v in to_dict(self.cfg).items() if isinstance(v, (int, float, str, bool))},
-                                    {"hparam/test_wa": test["wa"], "hparam/test_ua": test["ua"],
-                                     "hparam/test_macro_f1": test["macro_f1"],
-                                     **({} if self.best["ua"] is None else {"hparam/best_val_ua": self.best["ua"]})},
+                                    {**scores, **({} if self.best["ua"] is None else {"hparam/best_val_ua": self.best["ua"]})},
                                     run_name=".")
+            if test is not None:
+                fig = plot_confusion(cm, self.classes, f"{self.cfg.run_name}: test UA {test['ua']:.3f}")
+                fig.savefig(self.run_dir / "confusion_matrix.png")
+                self.writer.add_figure("test/confusion_matrix", fig, self.epoch)
+                write_json(self.run_dir / "predictions.json", rows)
             write_json(self.run_dir / "metrics.json", metrics)
-            write_json(self.run_dir / "predictions.json", rows)
-        acc.log({"test/wa": test["wa"], "test/ua": test["ua"], "test/macro_f1": test["macro_f1"]}, step=self.epoch)
-        acc.print(f"test actors {list(self.split.test)}: WA {test['wa']:.3f} UA {test['ua']:.3f} "
-                  f"macro-F1 {test['macro_f1']:.3f}; outputs in {self.run_dir}")
+        if test is None:
+            acc.print(f"final model: no test actors (every actor of {list(self.split.train)} trained); "
+                      f"outputs in {self.run_dir}")
+        else:
+            acc.log({"test/wa": test["wa"], "test/ua": test["ua"], "test/macro_f1": test["macro_f1"]}, step=self.epoch)
+            acc.print(f"test actors {list(self.split.test)}: WA {test['wa']:.3f} UA {test['ua']:.3f} "
+                      f"macro-F1 {test['macro_f1']:.3f}; outputs in {self.run_dir}")
         for tracker in acc.trackers:  # close this run's event files; the process group stays for a next run (CV)
             tracker.finish()
         return metrics

@@ -1,7 +1,9 @@
 """Speaker-independent splits: train, validation and test never share an actor.
 
 A split without validation actors (`validation=False`) gives the validation fold's actors to training: the model is then
-the last epoch's, chosen by no one (the recipe's setting; the README's results say why).
+the last epoch's, chosen by no one (the recipe's setting; the README's results say why). A split without test actors
+(`test=False`) gives them to training too: the final model to use, trained once a cross-validation has measured the
+recipe on held-out speakers; it has no test figures of its own.
 """
 from dataclasses import dataclass
 
@@ -19,12 +21,10 @@ class Split:
     test: tuple[int, ...]
 
     def __post_init__(self):
-        """Refuse a split that leaks: an actor in two parts, or no training or test actor (no validation actor is a
-        split without validation)."""
-        parts = {"train": self.train, "test": self.test}
-        for name, actors in parts.items():
-            if not actors:
-                raise ValueError(f"the {name} part of the split has no actor")
+        """Refuse a split that leaks (an actor in two parts) or has no training actor (no validation actor is a split
+        without validation, no test actor one for a final model)."""
+        if not self.train:
+            raise ValueError("the train part of the split has no actor")
         shared = (set(self.train) & set(self.val)) | (set(self.train) & set(self.test)) | (set(self.val) & set(self.test))
         if shared:
             raise ValueError(f"actor(s) {sorted(shared)} would be in two parts of the split")
@@ -39,17 +39,18 @@ def gender_balanced_folds(actors, k: int) -> list[tuple[int, ...]]:
     return [tuple(sorted(ordered[i::k])) for i in range(k)]
 
 
-def fold_split(actors, k: int | None = None, fold: int = 0, validation: bool = True) -> Split:
-    """Fold FOLD of K is the test set, the next fold validation (VALIDATION) or training too, the rest training (K
-    defaults to 6, or fewer actors)."""
+def fold_split(actors, k: int | None = None, fold: int = 0, validation: bool = True, test: bool = True) -> Split:
+    """Fold FOLD of K is the test set (TEST) or training too, the next fold validation (VALIDATION) or training too,
+    the rest training (K defaults to 6, or fewer actors)."""
     k = k or min(DEFAULT_FOLDS, len(set(actors)))
     folds = gender_balanced_folds(actors, k)
     if not 0 <= fold < k:
         raise ValueError(f"--fold must be in 0..{k - 1}, got {fold}")
     val = (fold + 1) % k
-    held_out = (fold, val) if validation else (fold,)
+    held_out = {fold} if test else set()
+    held_out |= {val} if validation else set()
     train = sorted(a for i, f in enumerate(folds) if i not in held_out for a in f)
-    return Split(train=tuple(train), val=folds[val] if validation else (), test=folds[fold])
+    return Split(train=tuple(train), val=folds[val] if validation else (), test=folds[fold] if test else ())
 
 
 def explicit_split(actors, test_actors, val_actors) -> Split:
@@ -63,9 +64,19 @@ def explicit_split(actors, test_actors, val_actors) -> Split:
 
 
 def make_split(actors, folds: int | None = None, fold: int = 0, test_actors=None, val_actors=None,
-               validation: bool = True) -> Split:
+               validation: bool = True, test: bool = True) -> Split:
     """The split the options ask for: explicit actors, or a fold of gender-balanced K folds (the default); without
-    validation actors when not VALIDATION."""
+    validation actors when not VALIDATION, without test actors when not TEST (a final model)."""
+    if not test:
+        if test_actors:
+            raise ValueError("--no-test trains on the test actors too: drop --test-actors")
+        if val_actors:
+            if not validation:
+                raise ValueError("--no-validation trains on every actor: drop --val-actors")
+            if folds is not None:
+                raise ValueError("--folds/--fold and --test-actors/--val-actors exclude each other")
+            return explicit_split(actors, (), val_actors)
+        return fold_split(actors, folds, fold, validation, test=False)
     if test_actors or val_actors:
         if validation and not (test_actors and val_actors):
             raise ValueError("give both --test-actors and --val-actors, or neither")

@@ -20,7 +20,7 @@ from ravdess_dist.models import create_model
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"backend": "device", "select": "last"}  # accept every setting (validate() ties some to the device backend,
 # --no-validation to select=last)
-SAMPLES = {"features.kind": "mfcc"}  # settings whose valid values a type alone does not give
+SAMPLES = {"features.kind": "mfcc", "features.normalize": "clip"}  # settings whose valid values a type alone does not give
 NEEDS = {"speaker_stats": ["speaker_norm=true"]}  # settings that validate() accepts only beside another one
 
 

@@ -65,9 +65,25 @@ def test_a_split_without_validation_trains_on_the_validation_fold(fold):
     assert set(no_val.train) == set(held_out.train) | set(held_out.val) and len(no_val.train) == 20
 
 
-def test_split_needs_training_and_test_actors():
-    """No training or no test actor is refused; no validation actor is a split without validation."""
-    for parts in ({"train": (), "val": (1,), "test": (2,)}, {"train": (1,), "val": (2,), "test": ()}):
-        with pytest.raises(ValueError, match="has no actor"):
-            Split(**parts)
-    assert Split(train=(1,), val=(), test=(2,)).val == ()
+def test_split_needs_training_actors():
+    """No training actor is refused; no validation actor is a split without validation, no test actor one for a final
+    model (make_split gives it only for test=False: below)."""
+    with pytest.raises(ValueError, match="train part of the split has no actor"):
+        Split(train=(), val=(1,), test=(2,))
+    assert Split(train=(1,), val=(), test=(2,)).val == () and Split(train=(1, 2), val=(), test=()).test == ()
+
+
+@pytest.mark.parametrize("fold", [0, 5])
+def test_a_split_without_test_actors_trains_on_them(fold):
+    """test=False (a final model): the test fold's actors train too; with validation the next fold still validates,
+    without it all 24 actors train. Asking for test actors as well is refused."""
+    held_out = make_split(range(1, 25), folds=6, fold=fold)
+    final = make_split(range(1, 25), folds=6, fold=fold, test=False)
+    assert final.test == () and final.val == held_out.val and len(final.train) == 20
+    assert set(final.train) == set(held_out.train) | set(held_out.test)
+    everyone = make_split(range(1, 25), folds=6, fold=fold, validation=False, test=False)
+    assert everyone.train == tuple(range(1, 25)) and everyone.val == everyone.test == ()
+    explicit = make_split(range(1, 25), val_actors=[3, 4], test=False)
+    assert explicit.val == (3, 4) and explicit.test == () and len(explicit.train) == 22
+    with pytest.raises(ValueError, match="--no-test trains on the test actors too: drop --test-actors"):
+        make_split(range(1, 25), test_actors=[1], validation=False, test=False)

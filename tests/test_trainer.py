@@ -566,3 +566,31 @@ def test_no_validation_trains_on_the_validation_fold_and_tests_the_last_epoch(se
     out = run_python(["-m", "ravdess_dist.ensemble", str(setup[0] / "models/no-val"), "--out",
                       str(setup[0] / "no-val-rescored"), "--actors", "val"])
     assert out.returncode == 2 and "has no val actors" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_final_model_trains_on_every_actor_and_predicts(setup):
+    """--no-test --no-validation (the final model): all 6 actors train, the last epoch is kept, metrics.json says
+    `"test": null` with no predictions or confusion matrix, TensorBoard has no test figures, predict classifies with
+    it; scoring it as an ensemble member is a clear error, and cross-validation refuses --no-test."""
+    proc = train(setup, "final", "--epochs", "2", "--no-validation", "--select", "last", "--no-test")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "final model: no test actors" in proc.stdout
+    m, run = metrics(setup, "final"), setup[0] / "models/final"
+    assert m["split"] == {"train": [1, 2, 3, 4, 5, 6], "val": [], "test": []}
+    assert m["test"] is None and m["confusion_matrix"] is None and (m["best_epoch"], m["epochs_run"]) == (1, 2)
+    keys = json.loads((run / "ranks.json").read_text())[0]["train_keys_epoch0"]
+    assert {int(k[-2:]) for k in keys} == set(range(1, 7))
+    assert same_weights(run / "best.pt", run / "last.pt")
+    assert not (run / "predictions.json").exists() and not (run / "confusion_matrix.png").exists()
+    tags = {t for events in (setup[0] / "runs/final").rglob("events.out.tfevents.*")
+            for t in EventAccumulator(str(events)).Reload().Tags()["scalars"]}
+    assert "train/loss" in tags and not any(t.startswith("test/") for t in tags)
+    clip = sorted((setup[0] / "data/archive/Actor_03").glob("*.wav"))[0]
+    out = run_python(["-m", "ravdess_dist.predict", str(run), str(clip), "--json"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    probs = json.loads(out.stdout)["probabilities"]
+    assert list(probs) == m["classes"] and sum(probs.values()) == pytest.approx(1, abs=1e-3)
+    scored = run_python(["-m", "ravdess_dist.ensemble", str(run), "--out", str(setup[0] / "final-scored")])
+    assert scored.returncode == 2 and "has no test actors" in scored.stderr and "Traceback" not in scored.stderr
+    cv = run_python(["-m", "ravdess_dist.cv", "--config", str(setup[2]), "--shards", str(setup[1]), "--no-test"])
+    assert cv.returncode == 1 and "--no-test is for the final model" in cv.stderr
