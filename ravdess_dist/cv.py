@@ -41,6 +41,9 @@ def summarize(metrics: list[dict], out: Path, config: dict | None = None) -> dic
     if len(scored) > 1:
         raise ValueError(f"the runs score different actors ({sorted(scored)}): summarise test and validation apart")
     part = scored.pop()
+    unscored = [m["run"] for m in metrics if m[part] is None]
+    if unscored:
+        raise ValueError(f"run(s) {unscored} have no {part} figures (a final model, --no-test, has no test actors)")
     rows = [{"run": m["run"], "model": m["model"], "intensity": m["intensity"], "test_actors": m["split"]["test"],
              **({"val_actors": m["split"]["val"]} if part == "val" else {}),
              "best_epoch": m["best_epoch"], **{k: m[part][k] for k in METRICS}} for m in metrics]

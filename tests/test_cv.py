@@ -37,6 +37,12 @@ def test_cross_validation_aggregates_every_fold(setup):
     mixed = run_python(["-m", "ravdess_dist.cv", "summarize", str(tmp / "rescored.json"), str(folds[2]), "--out",
                         str(tmp / "x")])
     assert mixed.returncode == 1 and mixed.stderr.startswith("error: the runs score different actors")
+    final = json.loads((folds[1] / "metrics.json").read_text())  # as a final model (--no-test) writes it
+    final.update(run="final", test=None, confusion_matrix=None, split={**final["split"], "test": []})
+    (tmp / "final.json").write_text(json.dumps(final))
+    unscored = run_python(["-m", "ravdess_dist.cv", "summarize", str(tmp / "final.json"), str(folds[2]), "--out",
+                           str(tmp / "x")])
+    assert unscored.returncode == 1 and "run(s) ['final'] have no test figures" in unscored.stderr
     assert not (tmp / "x").exists()
 
 
