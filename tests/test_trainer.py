@@ -524,6 +524,9 @@ def test_channels_last_and_compile_keep_plain_checkpoints(setup):
     run = Run(cfg)
     try:
         assert isinstance(run.model, torch._dynamo.eval_frame.OptimizedModule)
+        # evaluation runs the same weights eagerly: compiling its shapes would cost more than it saves
+        assert not isinstance(run.evaluated_model(), torch._dynamo.eval_frame.OptimizedModule)
+        assert run.evaluated_model() is run.bare_model() and run.bare_model() is run.model._orig_mod
         conv = next(m for m in run.bare_model().modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
         plain = create_model(cfg.model, len(run.classes), cfg.features.num_bins, cfg.features.num_frames)
