@@ -183,12 +183,18 @@ def class_weights(entries, classes: list[str]) -> torch.Tensor:
     return counts.sum() / (len(classes) * counts.clamp(min=1))
 
 
-def make_optimizer(cfg: TrainConfig, model, steps_per_epoch: int):
-    """AdamW (default) or SGD as in the notebook, with linear warm-up then cosine decay per step."""
+def make_optimizer(cfg: TrainConfig, model, steps_per_epoch: int, device: torch.device):
+    """AdamW (default) or SGD as in the notebook, with linear warm-up then cosine decay per step.
+
+    On a GPU AdamW is the fused kernel: the default (foreach) spends ~3 ms of host time a step on these models' 74
+    parameter tensors (a CPU step counter read per tensor), the fused one ~1.2 ms less a step and half the GPU time
+    (hybrid, H100, reduce-overhead: 13.4 -> 12.2 ms a step; README, "On a GPU"). On the CPU the default stays: the
+    CPU recipes were measured with it."""
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=True if device.type == "cuda" else None)
     total = cfg.epochs * steps_per_epoch
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
 
@@ -250,7 +256,7 @@ class Run:
         model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
         if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change layout
             model = model.to(memory_format=torch.channels_last)
-        optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader))
+        optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader), acc.device)
         weights = class_weights(self.train_entries, self.classes) if cfg.class_weights else None
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
         # the loaders already split by rank: only the model and optimizer go through prepare() (DDP, then compile)

@@ -597,3 +597,13 @@ def test_final_model_trains_on_every_actor_and_predicts(setup):
     assert scored.returncode == 2 and "has no test actors" in scored.stderr and "Traceback" not in scored.stderr
     cv = run_python(["-m", "ravdess_dist.cv", "--config", str(setup[2]), "--shards", str(setup[1]), "--no-test"])
     assert cv.returncode == 1 and "--no-test is for the final model" in cv.stderr
+
+
+@pytest.mark.parametrize("device, fused", [("cuda", True), ("cpu", None)])
+def test_adamw_is_fused_on_a_gpu_only(device, fused):
+    """On a GPU AdamW takes the fused kernel (a measured gain there); the CPU keeps the default its recipes used.
+    Built on CPU parameters, as the trainer builds it before prepare() moves the model."""
+    cfg = load_config(["--model", "cnn", "--intensity", "normal"])
+    model = create_model("cnn", 8, cfg.features.num_bins, cfg.features.num_frames)
+    opt, _ = trainer_module.make_optimizer(cfg, model, 10, torch.device(device))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is fused
