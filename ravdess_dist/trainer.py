@@ -226,6 +226,7 @@ class Run:
                                        log_with="tensorboard", project_dir=cfg.logging_dir,
                                        dynamo_plugin=compile_plugin(cfg.compile))
         acc = self.accelerator
+        self.seconds["setup_device"] = time.perf_counter() - self.started  # the device's choice and Accelerate
         self.batch_size = per_process_batch(cfg.batch_size, acc.num_processes)  # cfg.batch_size is the global batch
         manifest = Manifest.load(Path(cfg.shards))
         self.state = resume_state(cfg, acc, manifest.actors)
@@ -247,20 +248,23 @@ class Run:
                 speaker_norm=cfg.speaker_norm,
                 speaker_reference=reference_entries(manifest, cfg.intensity, cfg.speaker_stats, actors)))
 
-        self.train_entries = training_entries(manifest, cfg, self.split.train, self.classes)
-        self.train_loader = loader(self.train_entries, True, self.split.train)
-        self.val_loader = (loader(manifest.select(cfg.intensity, self.split.val), False, self.split.val)
-                           if self.split.val else None)
-        self.test_loader = (loader(manifest.select(cfg.intensity, self.split.test), False, self.split.test)
-                            if self.split.test else None)  # --no-test: a final model, every actor trained on
-        model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames, **cfg.model_args)
-        if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change layout
-            model = model.to(memory_format=torch.channels_last)
-        optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader), acc.device)
-        weights = class_weights(self.train_entries, self.classes) if cfg.class_weights else None
-        self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
-        # the loaders already split by rank: only the model and optimizer go through prepare() (DDP, then compile)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        with self.timed("setup_loaders"):  # the device backend decodes its clips here (once per process and shard)
+            self.train_entries = training_entries(manifest, cfg, self.split.train, self.classes)
+            self.train_loader = loader(self.train_entries, True, self.split.train)
+            self.val_loader = (loader(manifest.select(cfg.intensity, self.split.val), False, self.split.val)
+                               if self.split.val else None)
+            self.test_loader = (loader(manifest.select(cfg.intensity, self.split.test), False, self.split.test)
+                                if self.split.test else None)  # --no-test: a final model, every actor trained on
+        with self.timed("setup_model"):
+            model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames,
+                                 **cfg.model_args)
+            if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change
+                model = model.to(memory_format=torch.channels_last)
+            optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader), acc.device)
+            weights = class_weights(self.train_entries, self.classes) if cfg.class_weights else None
+            self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
+            # the loaders already split by rank: only the model and optimizer go through prepare() (DDP, then compile)
+            self.model, self.optimizer = acc.prepare(model, optimizer)
         self.bare = acc.unwrap_model(self.model, keep_torch_compile=False)  # once: a call costs ~1.5 ms (every step)
         self.ema = average_of(self.bare, cfg.ema_decay)
         self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
@@ -297,7 +301,8 @@ class Run:
 
     def timing(self) -> dict:
         """Seconds of this process's run by part: setup, train_steps (the epochs' step loops, data included),
-        validation, checkpoints, test, and everything outside the training steps."""
+        validation, checkpoints, test, and everything outside the training steps. setup_device, setup_loaders and
+        setup_model are parts of setup (the rest of it: the manifest, the split, resuming, trackers, provenance)."""
         wall = time.perf_counter() - self.started
         parts = {k: round(v, 2) for k, v in self.seconds.items()}
         return {**parts, "outside_train_steps": round(wall - self.seconds.get("train_steps", 0.0), 2), "wall": round(wall, 2)}
