@@ -24,7 +24,7 @@ class FeatureConfig:
     (400/160 samples, FFT size 512) are the standard ASR framing; 64 mel bins keep the frequency detail a CNN
     uses; 40 MFCCs are the original notebook's count; an 80 dB floor below each clip's peak drops inaudible
     detail; 3 s covers the spoken sentence of almost every RAVDESS clip (2.9-5.3 s, mostly leading/trailing
-    silence); per-utterance normalisation removes channel and loudness differences between actors.
+    silence); per-utterance normalisation removes the recording's gain (and, per band, its channel too).
     normalize: "bands" (or true): zero mean and unit variance per band over each clip's frames, which also removes the
     clip's spectral tilt and dynamic range; "clip": one mean and standard deviation over the whole clip, which removes
     only its gain (level and tilt stay, as a listener hears them); "none" (or false): the dB values as they are.

@@ -67,22 +67,14 @@ def make_split(actors, folds: int | None = None, fold: int = 0, test_actors=None
                validation: bool = True, test: bool = True) -> Split:
     """The split the options ask for: explicit actors, or a fold of gender-balanced K folds (the default); without
     validation actors when not VALIDATION, without test actors when not TEST (a final model)."""
-    if not test:
-        if test_actors:
-            raise ValueError("--no-test trains on the test actors too: drop --test-actors")
-        if val_actors:
-            if not validation:
-                raise ValueError("--no-validation trains on every actor: drop --val-actors")
-            if folds is not None:
-                raise ValueError("--folds/--fold and --test-actors/--val-actors exclude each other")
-            return explicit_split(actors, (), val_actors)
-        return fold_split(actors, folds, fold, validation, test=False)
-    if test_actors or val_actors:
-        if validation and not (test_actors and val_actors):
-            raise ValueError("give both --test-actors and --val-actors, or neither")
-        if not validation and (val_actors or not test_actors):
-            raise ValueError("--no-validation takes --test-actors without --val-actors (every other actor trains)")
-        if folds is not None:
-            raise ValueError("--folds/--fold and --test-actors/--val-actors exclude each other")
-        return explicit_split(actors, test_actors, val_actors or ())
-    return fold_split(actors, folds, fold, validation)
+    if not test and test_actors:
+        raise ValueError("--no-test trains on the test actors too: drop --test-actors")
+    if not (test_actors or val_actors):
+        return fold_split(actors, folds, fold, validation, test=test)
+    if folds is not None:
+        raise ValueError("--folds/--fold and --test-actors/--val-actors exclude each other")
+    if not validation and val_actors:
+        raise ValueError("--no-validation trains on every actor but the test actors: drop --val-actors")
+    if validation and test and not (test_actors and val_actors):
+        raise ValueError("give both --test-actors and --val-actors, or neither")
+    return explicit_split(actors, test_actors or (), val_actors or ())

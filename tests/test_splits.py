@@ -40,8 +40,10 @@ def test_default_split_works_on_the_four_actor_sample():
     ({"folds": 30}, "--folds must be between 2 and"),
     ({"folds": 6, "fold": 6}, "--fold must be in 0..5"),
     ({"folds": 6, "test_actors": [1], "val_actors": [2]}, "exclude each other"),
-    ({"test_actors": [1], "val_actors": [2], "validation": False}, "without --val-actors"),
-    ({"val_actors": [2], "validation": False}, "without --val-actors"),
+    ({"test_actors": [1], "val_actors": [2], "validation": False}, "drop --val-actors"),
+    ({"val_actors": [2], "validation": False}, "drop --val-actors"),
+    ({"val_actors": [2], "validation": False, "test": False}, "drop --val-actors"),
+    ({"folds": 6, "val_actors": [2], "test": False}, "exclude each other"),
 ])
 def test_bad_split_options_are_clear_errors(kwargs, message):
     """Inconsistent split options fail with a message naming the problem."""
