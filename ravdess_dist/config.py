@@ -78,6 +78,9 @@ HELP = {
     "channels_last": "NHWC memory layout for the model's convolutions (faster on CPUs with oneDNN and on tensor cores)",
     "compile": "torch.compile the model (through Accelerate): no, default, reduce-overhead (CUDA graphs) or max-autotune",
     "cudnn_benchmark": "let cuDNN time its convolution algorithms for the fixed input shape (GPU only)",
+    "cuda_graph": "capture the training step's update (forward, loss, backward, clipping, fused AdamW) once as one CUDA "
+                  "graph and replay it every step: a step's host time becomes one replay (GPU only, one process, "
+                  "AdamW, no mixup, ema_decay, fp16 or compile)",
     "model_args": "YAML mapping passed to the model constructor (or model_args.KEY=VALUE for one entry)",
     "features": "YAML mapping merged into the feature settings (or features.KEY=VALUE)",
     "augment": "YAML mapping merged into the augmentation settings (or augment.KEY=VALUE)",
@@ -135,6 +138,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: str = "no"
     cudnn_benchmark: bool = False
+    cuda_graph: bool = False
     model_args: dict = field(default_factory=dict)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -173,6 +177,14 @@ class TrainConfig:
             raise ValueError("--no-test trains on the test actors too: drop --test-actors")
         if not self.validation and self.val_actors:
             raise ValueError("--no-validation trains on every actor but the test actors: drop --val-actors")
+        if self.cuda_graph:
+            clashes = [name for name, clash in (
+                ("optimizer=sgd", self.optimizer != "adamw"), ("augment.mixup_alpha > 0", self.augment.mixup_alpha > 0),
+                ("ema_decay > 0", self.ema_decay > 0), ("mixed_precision=fp16", self.mixed_precision == "fp16"),
+                (f"compile={self.compile}", self.compile != "no")) if clash]
+            if clashes:  # host-side decisions (mixup's weight, fp16's loss scale) or graphs of their own (compile)
+                raise ValueError(f"cuda_graph=true captures AdamW's update without host decisions: drop "
+                                 f"{', '.join(clashes)}")
         return self
 
 

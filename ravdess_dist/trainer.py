@@ -1,5 +1,6 @@
 """The Accelerate trainer: DDP + mixed precision, TensorBoard, atomic checkpoints, exact resume, preemption-safe."""
 import contextlib
+import functools
 import math
 import os
 import pickle
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import TorchDynamoPlugin, broadcast_object_list, gather_object, set_seed
+from accelerate.utils import AutocastKwargs, TorchDynamoPlugin, broadcast_object_list, gather_object, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -19,6 +20,7 @@ from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint,
 from ravdess_dist.config import TrainConfig, from_dict, to_dict
 from ravdess_dist.device import provenance, resolve_device
 from ravdess_dist.evaluate import evaluate, plot_confusion
+from ravdess_dist.graphed_step import GraphedStep
 from ravdess_dist.data.contract import LoaderSpec, reference_entries
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.models import create_model
@@ -68,6 +70,13 @@ def compile_plugin(mode: str) -> TorchDynamoPlugin | None:
     if mode == "no":
         return None
     return TorchDynamoPlugin(backend="inductor", mode=mode)
+
+
+def check_cuda_graph(device: torch.device, processes: int) -> None:
+    """cuda_graph captures one process's update on a GPU: a ValueError elsewhere (DDP's collectives and a CPU have
+    nothing to capture)."""
+    if device.type != "cuda" or processes > 1:
+        raise ValueError(f"cuda_graph=true needs one process on a GPU; this run has {processes} on {device.type}")
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -189,9 +198,13 @@ def make_optimizer(cfg: TrainConfig, model, steps_per_epoch: int, device: torch.
     On a GPU AdamW is the fused kernel: the default (foreach) spends ~3 ms of host time a step on these models' 74
     parameter tensors (a CPU step counter read per tensor), the fused one ~1.2 ms less a step and half the GPU time
     (hybrid, H100, reduce-overhead: 13.4 -> 12.2 ms a step; README, "On a GPU"). On the CPU the default stays: the
-    CPU recipes were measured with it."""
+    CPU recipes were measured with it. With cuda_graph the learning rate is a tensor on DEVICE, which the scheduler
+    fills in place (a float would be frozen into the captured graph), and AdamW is capturable on a GPU."""
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.cuda_graph:
+        opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(cfg.lr, device=device),
+                                weight_decay=cfg.weight_decay, fused=True, capturable=device.type == "cuda")
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 fused=True if device.type == "cuda" else None)
@@ -227,6 +240,8 @@ class Run:
                                        dynamo_plugin=compile_plugin(cfg.compile))
         acc = self.accelerator
         self.seconds["setup_device"] = time.perf_counter() - self.started  # the device's choice and Accelerate
+        if cfg.cuda_graph:
+            check_cuda_graph(acc.device, acc.num_processes)
         self.batch_size = per_process_batch(cfg.batch_size, acc.num_processes)  # cfg.batch_size is the global batch
         manifest = Manifest.load(Path(cfg.shards))
         self.state = resume_state(cfg, acc, manifest.actors)
@@ -267,6 +282,7 @@ class Run:
             self.model, self.optimizer = acc.prepare(model, optimizer)
         self.bare = acc.unwrap_model(self.model, keep_torch_compile=False)  # once: a call costs ~1.5 ms (every step)
         self.ema = average_of(self.bare, cfg.ema_decay)
+        self.graphed: GraphedStep | None = None  # cuda_graph: captured at the first training step (it needs a batch)
         self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
         self.epoch_loss_sum = 0.0  # summed step losses of the epoch so far: a resumed epoch reports all its steps
         self.weight_checksums: list[float] = []
@@ -409,9 +425,26 @@ class Run:
                 "clips_per_s": clips / elapsed, "data_wait": waited / elapsed}
 
     def train_step(self, batch) -> torch.Tensor:
-        """Forward (mixup when configured), backward, clip, optimiser and scheduler step; returns the loss."""
-        acc, x, y = self.accelerator, batch.features, batch.labels
-        with acc.autocast():
+        """One optimiser step on BATCH: `update` (or, with cuda_graph, the replay of its CUDA graph), then the LR
+        schedule and the weights' moving average; returns the loss, on the device."""
+        if self.cfg.cuda_graph:
+            if self.graphed is None:
+                self.graphed = GraphedStep(functools.partial(self.update, autocast_cache=False), batch.features,
+                                           batch.labels, self.bare_model(), self.optimizer)
+            loss = self.graphed(batch.features, batch.labels)  # writes the gradients afresh: no zero_grad
+        else:
+            loss = self.update(batch.features, batch.labels)
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.bare_model())
+        return loss
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, autocast_cache: bool = True) -> torch.Tensor:
+        """Forward (mixup when configured), loss, backward, gradient clipping and the optimiser step on features X,
+        labels Y; returns the loss. What cuda_graph captures, with AUTOCAST_CACHE off (as capture requires)."""
+        acc = self.accelerator
+        with acc.autocast(None if autocast_cache else AutocastKwargs(cache_enabled=False)):
             if self.cfg.augment.mixup_alpha > 0:  # convex pairs of clips, the loss mixed with the same weight
                 lam = float(torch.distributions.Beta(self.cfg.augment.mixup_alpha, self.cfg.augment.mixup_alpha).sample())
                 pair = torch.randperm(len(y), device=y.device)
@@ -422,15 +455,11 @@ class Run:
         acc.backward(loss)
         acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update_parameters(self.bare_model())
         return loss.detach()
 
     def log_epoch(self, train: dict, val: dict | None) -> None:
         """Scalars to TensorBoard and a line on the console (VAL: None in a run without validation actors)."""
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # a tensor with cuda_graph: read once an epoch
         scores = {} if val is None else {"val/wa": val["wa"], "val/ua": val["ua"], "val/macro_f1": val["macro_f1"]}
         self.accelerator.log({"train/loss": train["loss"], "train/lr": lr, "train/clips_per_s": train["clips_per_s"],
                               "train/data_wait_fraction": train["data_wait"], **scores}, step=self.epoch)

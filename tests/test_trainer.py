@@ -16,6 +16,7 @@ from ravdess_dist.config import load_config
 from ravdess_dist.data.contract import SHUFFLE_BUFFER
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.features import FeatureConfig
+from ravdess_dist.graphed_step import GraphedStep
 from ravdess_dist.models import create_model
 from ravdess_dist.trainer import Preempted, Run, weights_checksum
 from shards.manifest import Manifest
@@ -429,6 +430,7 @@ def test_train_epoch_preempted_saves_the_loss_so_far(host_syncs):
     (["--epochs", "0"], "epochs must be positive"),
     (["--no-validation"], "add --select last"),
     (["--no-validation", "--select", "last", "--test-actors", "1", "--val-actors", "2"], "drop --val-actors"),
+    (["cuda_graph=true", "--device", "cpu"], "cuda_graph=true needs one process on a GPU"),
 ])
 def test_inconsistent_options_fail_before_training(setup, extra, message):
     """Bad option combinations: a one-line error and a non-zero exit, no run folder."""
@@ -610,3 +612,29 @@ def test_adamw_is_fused_on_a_gpu_only(device, fused):
     model = create_model("cnn", 8, cfg.features.num_bins, cfg.features.num_frames)
     opt, _ = trainer_module.make_optimizer(cfg, model, 10, torch.device(device))
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is fused
+
+
+def test_cuda_graph_run_trains_through_the_graphed_step(setup, monkeypatch):
+    """cuda_graph=true through the real Run, with the graph's eager stand-in (a CPU cannot capture; the capture is
+    tested on a GPU in tests/test_graphed_step.py): the update runs on the static buffers every step, the learning
+    rate is a tensor the schedule moves, and checkpoints, resume state and the test work as in any run."""
+    tmp, shards, config = setup
+    monkeypatch.setattr(trainer_module, "check_cuda_graph", lambda device, processes: None)
+    made = []
+
+    def eager_graph(*args, **kwargs):
+        made.append(GraphedStep(*args, **kwargs, capture=False))
+        return made[-1]
+
+    monkeypatch.setattr(trainer_module, "GraphedStep", eager_graph)
+    run = Run(load_config(train_args(tmp, shards, config, "graphed", "--backend", "device", "cuda_graph=true",
+                                     "--epochs", "2")))
+    try:
+        run.fit()
+        m = run.test()
+    finally:
+        run.close()
+    assert len(made) == 1 and all(math.isfinite(h["loss"]) for h in m["history"]) and m["test"]["clips"] > 0
+    lr = run.optimizer.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(run.scheduler.get_last_lr()[0].item())
+    assert load_checkpoint(tmp / "models/graphed/last.pt")["epoch"] == 2

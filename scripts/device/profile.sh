@@ -1,9 +1,12 @@
-# On the GPU machine, after setup.sh (DALI not needed): where the compiled hybrid's step time goes, and the 6-fold CV
-# of hybrid x normal again once the compilation cache is warm (about 4-5 min; each step packs what it has).
+# On the GPU machine, after setup.sh (DALI not needed): where the hybrid's step time goes, with cuda_graph=true (the
+# whole update as one CUDA graph, no compilation) against compile=reduce-overhead with fused AdamW (12.2 ms a step on
+# an H100, 2026-11-27), then the issue 11 runs with the faster one. About 5 min; each step packs what it has.
 # scripts/device/profile_step.py: a real Run, warm-up epochs, one profiled epoch, timed epochs (loader vs step).
 source scripts/device/lib.sh
+step 90 pytest-gpu python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphed_step.py tests/test_device_path.py -k "gpu"; pack prof
+step 60 prof-graph python3 scripts/device/profile_step.py --name graph cuda_graph=true; pack prof
 step 120 prof-ro python3 scripts/device/profile_step.py --name ro compile=reduce-overhead; pack prof
-step 150 cv-hybrid-normal-jobs6-warm python3 -m ravdess_dist.cv --jobs 6 --config configs/hybrid.yaml --intensity normal --folds 6 --run-name gpu-cv-warm --output-dir /tmp/m --logging-dir /tmp/runs compile=reduce-overhead
-keep gpu-cv-warm; cp /tmp/m/gpu-cv-warm/fold*.log $R/gpu-cv-warm/ 2>/dev/null; pack prof
-step 50 prof-ro-fused python3 scripts/device/profile_step.py --name ro-fused --fused compile=reduce-overhead; pack prof
-step 45 prof-eager python3 scripts/device/profile_step.py --name eager --warm 1 --timed 3; pack prof
+step 150 cv-hybrid-normal-graph python3 -m ravdess_dist.cv --jobs 6 --config configs/hybrid.yaml --intensity normal --folds 6 --run-name gpu-cv-graph --output-dir /tmp/m --logging-dir /tmp/runs cuda_graph=true
+keep gpu-cv-graph; cp /tmp/m/gpu-cv-graph/fold*.log $R/gpu-cv-graph/ 2>/dev/null; pack prof
+step 120 hybrid-500-graph python3 train.py --model hybrid --intensity normal --epochs 500 --patience 1000 --train-intensities same --folds 6 --fold 0 --run-name gpu-hybrid-500-graph --output-dir /tmp/m --logging-dir /tmp/runs cuda_graph=true
+keep gpu-hybrid-500-graph; pack prof
