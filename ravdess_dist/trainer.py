@@ -1,6 +1,5 @@
 """The Accelerate trainer: DDP + mixed precision, TensorBoard, atomic checkpoints, exact resume, preemption-safe."""
 import contextlib
-import functools
 import math
 import os
 import pickle
@@ -237,7 +236,9 @@ class Run:
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolve_precision(cfg, device),
                                        log_with="tensorboard", project_dir=cfg.logging_dir,
-                                       dynamo_plugin=compile_plugin(cfg.compile))
+                                       dynamo_plugin=compile_plugin(cfg.compile),
+                                       # capture needs autocast's weight cache off, also in the model's own wrapper
+                                       kwargs_handlers=[AutocastKwargs(cache_enabled=False)] if cfg.cuda_graph else None)
         acc = self.accelerator
         self.seconds["setup_device"] = time.perf_counter() - self.started  # the device's choice and Accelerate
         if cfg.cuda_graph:
@@ -429,8 +430,8 @@ class Run:
         schedule and the weights' moving average; returns the loss, on the device."""
         if self.cfg.cuda_graph:
             if self.graphed is None:
-                self.graphed = GraphedStep(functools.partial(self.update, autocast_cache=False), batch.features,
-                                           batch.labels, self.bare_model(), self.optimizer)
+                self.graphed = GraphedStep(self.update, batch.features, batch.labels, self.bare_model(),
+                                           self.optimizer)
             loss = self.graphed(batch.features, batch.labels)  # writes the gradients afresh: no zero_grad
         else:
             loss = self.update(batch.features, batch.labels)
@@ -440,11 +441,11 @@ class Run:
             self.ema.update_parameters(self.bare_model())
         return loss
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, autocast_cache: bool = True) -> torch.Tensor:
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward (mixup when configured), loss, backward, gradient clipping and the optimiser step on features X,
-        labels Y; returns the loss. What cuda_graph captures, with AUTOCAST_CACHE off (as capture requires)."""
+        labels Y; returns the loss. What cuda_graph captures."""
         acc = self.accelerator
-        with acc.autocast(None if autocast_cache else AutocastKwargs(cache_enabled=False)):
+        with acc.autocast():
             if self.cfg.augment.mixup_alpha > 0:  # convex pairs of clips, the loss mixed with the same weight
                 lam = float(torch.distributions.Beta(self.cfg.augment.mixup_alpha, self.cfg.augment.mixup_alpha).sample())
                 pair = torch.randperm(len(y), device=y.device)
