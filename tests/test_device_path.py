@@ -1,5 +1,7 @@
 """The device backend on shards of the bundled sample: the torch path's features, evaluation windows over the speech,
 training crops inside it, per-speaker statistics, and one decode per process."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -191,3 +193,31 @@ def test_batches_computed_in_passes_are_the_batches_computed_one_by_one(shards):
         assert all(torch.equal(a.features, b.features) for a, b in zip(first, again)), per_pass
         for a, b in zip(first, one):
             torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=0)
+
+
+def test_a_gpu_pass_finishes_its_batches_with_seeded_masks(shards):  # noqa: F811
+    """A pass of several batches (the GPU's, forced here on the CPU) labels its clips and applies SpecAugment to all
+    of them at once: the labels are the per-batch path's, the masks are drawn (features differ from the unmasked
+    ones), replay exactly whatever the global generator did in between (dropout draws from it between passes), and
+    leave that generator untouched."""
+    masked = AugmentConfig(noise_snr_db=None, time_shift_s=0.0, freq_masks=2, freq_mask_width=8, time_masks=2,
+                           time_mask_width=10, speed=None)
+    plain = replace(masked, freq_masks=0, time_masks=0)
+    feats = FeatureConfig(clip_seconds=1.0, speech_top_db=40.0)
+
+    def epoch(augment, per_pass):
+        ldr = loader("device", shards, "normal", 12, train=True, augment=augment, features=feats, num_workers=0)
+        ldr.batches_per_pass = per_pass
+        return list(ldr)
+
+    one_by_one = epoch(masked, 1)
+    rng = torch.get_rng_state()
+    first = epoch(masked, 4)
+    assert torch.equal(torch.get_rng_state(), rng)
+    torch.manual_seed(1234)  # what dropout would do between passes
+    again = epoch(masked, 4)
+    assert [b.keys for b in first] == [b.keys for b in one_by_one]
+    assert all(torch.equal(a.labels, b.labels) for a, b in zip(first, one_by_one))
+    assert all(torch.equal(a.features, b.features) for a, b in zip(first, again))
+    unmasked = epoch(plain, 4)
+    assert all(not torch.equal(a.features, b.features) for a, b in zip(first, unmasked))

@@ -186,8 +186,9 @@ class ShardLoader:
         """Choose the epoch whose shard order, shuffling and crops the next iteration replays."""
         self.epoch = epoch
 
-    def raw_batches(self) -> Generator[RawBatch, None, None]:
-        """The backend's batches: endless full ones when training, this rank's part once (last one short) otherwise."""
+    def raw_batches(self) -> Generator[RawBatch | Batch, None, None]:
+        """The backend's batches: endless full ones when training, this rank's part once (last one short) otherwise;
+        finished Batches where the backend did `finish`'s work itself."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Batch]:
@@ -201,12 +202,20 @@ class ShardLoader:
         finally:
             raw.close()  # training streams are endless: stop this one here
 
-    def finish(self, raw: RawBatch) -> Batch:
-        """Map labels to class indices, pad a short batch, apply SpecAugment when training."""
-        labels = self.lookup[raw.emotions]
+    def class_indices(self, emotions: torch.Tensor) -> torch.Tensor:
+        """The class index (CPU) of each 8-way emotion; an emotion outside the class list is an error naming it."""
+        labels = self.lookup[emotions]
         if (labels < 0).any():
-            missing = sorted({EMOTIONS[e] for e, l in zip(raw.emotions.tolist(), labels.tolist()) if l < 0})
+            missing = sorted({EMOTIONS[e] for e, l in zip(emotions.tolist(), labels.tolist()) if l < 0})
             raise ValueError(f"emotion(s) {missing} are not among the classes {self.class_names}")
+        return labels
+
+    def finish(self, raw: RawBatch | Batch) -> Batch:
+        """Map labels to class indices, pad a short batch, apply SpecAugment when training. A Batch is finished
+        already (the device backend's GPU passes do this once for all their batches) and passes as it is."""
+        if isinstance(raw, Batch):
+            return raw
+        labels = self.class_indices(raw.emotions)
         n, fill = len(raw.keys), self.batch_size - len(raw.keys)
         valid = torch.arange(self.batch_size) < n
         features = raw.features

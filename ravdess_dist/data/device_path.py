@@ -9,15 +9,18 @@ and turned into features there.
 - Rank split: this rank's keys of an epoch are `ShardLoader.plan(epoch)` -- the same clips the torch and DALI
   backends give it. Training draws the order within the rank's part, the crops and the speed factors from a generator
   seeded by (seed, epoch, rank), and noise and shift from a second one on the device seeded alike, so an epoch replays
-  exactly whoever computes it; only SpecAugment (in `ShardLoader.finish`, in the training thread) draws from torch's
-  global generator, which the trainer seeds per epoch (and restores on a mid-epoch resume).
+  exactly whoever computes it. SpecAugment on a CPU runs in `ShardLoader.finish`, in the training thread, from torch's
+  global generator, which the trainer seeds per epoch (and restores on a mid-epoch resume); on a GPU it runs once per
+  pass (below) from the device's generator seeded by (seed, epoch, rank, pass) in a fork, which leaves the global
+  state as it was.
 - On a CPU with `num_workers` > 0 the training batches are computed PREFETCH batches ahead in one thread
   (`data.prefetch`), overlapping the model's step as the torch backend's worker processes do; `num_workers: 0` computes
   them in the training thread (the same batches). On a GPU they are queued on its stream in order, with no host sync
   (the draws made on the CPU travel with non-blocking copies; the speed resamplers' kernels are built once), and
   GPU_PASS batches at a time: one pass of windows, speed, noise, shift and log-mel over all their clips, so the
-  launches a batch costs shrink 16-fold (at batch 32 these small models' steps are bound by kernel launches). The
-  pass size changes only the device generator's noise and shift draws, never the order, crops or speed factors.
+  launches a batch costs shrink 16-fold (at batch 32 these small models' steps are bound by kernel launches); the
+  pass also labels its clips and applies SpecAugment to all of them at once, and hands over finished Batches. The
+  pass size changes only the noise, shift and mask draws, never the order, crops or speed factors.
 - Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span; each also played at
   every factor of `eval_speeds`, test-time speed views, 1.0 alone by default) are computed on the first pass and kept:
   they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate` averages the K windows'
@@ -28,6 +31,7 @@ and turned into features there.
   `spec.speaker_reference` (the actor's clips of the other intensity, never scored: an enrolment set).
 """
 import functools
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -35,7 +39,7 @@ import torch
 import webdataset as wds
 
 from ravdess_dist.augment import SpeedPerturb, WaveAugment
-from ravdess_dist.data.contract import RawBatch, ShardLoader, decode, resample_pcm16, sub_seed
+from ravdess_dist.data.contract import Batch, RawBatch, ShardLoader, decode, resample_pcm16, sub_seed
 from ravdess_dist.data.prefetch import prefetched
 from ravdess_dist.features import Frontend, span_crop_starts, span_windows, speech_span
 from shards.audio import PCM16_SCALE
@@ -184,18 +188,20 @@ class DeviceLoader(ShardLoader):
         noise = torch.Generator(self.device).manual_seed(sub_seed(self.seed, self.epoch, self.rank, 1))
         rows_all = self.rows_of(keys)
         length, speeds, size = self.features.num_samples, self.augment.speed if self.augment else None, self.batch_size
+        passes = itertools.count()  # each pass's index seeds its SpecAugment draws on a GPU
         while True:
             order, pending = rows_all[torch.randperm(len(rows_all), generator=generator)], []
             for at in range(0, len(order) - size + 1, size):
                 pending.append(self.draw(order[at:at + size], generator, speeds))
                 if len(pending) == self.batches_per_pass:
-                    yield from self.train_pass(pending, noise, length)
+                    yield from self.train_pass(pending, noise, length, next(passes))
                     pending = []
-            yield from self.train_pass(pending, noise, length)
+            yield from self.train_pass(pending, noise, length, next(passes))
             if len(order) % size:  # wrap around: the tail plus the head of a fresh permutation
                 tail = order[len(order) - len(order) % size:]
                 head = rows_all[torch.randperm(len(rows_all), generator=generator)][:size - len(tail)]
-                yield from self.train_pass([self.draw(torch.cat([tail, head]), generator, speeds)], noise, length)
+                yield from self.train_pass([self.draw(torch.cat([tail, head]), generator, speeds)], noise, length,
+                                           next(passes))
 
     @staticmethod
     def draw(rows: torch.Tensor, generator: torch.Generator, speeds) -> tuple[torch.Tensor, ...]:
@@ -205,15 +211,38 @@ class DeviceLoader(ShardLoader):
             factors = torch.tensor(speeds)[torch.randint(len(speeds), (len(rows),), generator=generator)]
         return rows, factors, torch.rand(len(rows), generator=generator)
 
-    def train_pass(self, draws: list[tuple[torch.Tensor, ...]], noise: torch.Generator, length: int):
-        """The batches of DRAWS (from `draw`), their device work done in one pass over all their clips."""
+    def train_pass(self, draws: list[tuple[torch.Tensor, ...]], noise: torch.Generator, length: int, index: int):
+        """The batches of DRAWS (from `draw`), their device work done in one pass over all their clips. On a GPU the
+        pass also does `finish`'s work for all its batches at once (`finished_pass`); on the CPU finish does it."""
         if not draws:
             return
         rows, factors, positions = (torch.cat(parts) for parts in zip(*draws))
         features = self.train_features(rows, factors, positions, noise, length)
+        if self.batches_per_pass > 1:
+            yield from self.finished_pass(rows, features, index)
+            return
         for at in range(0, len(rows), self.batch_size):
             part = rows[at:at + self.batch_size]
             yield RawBatch(features[at:at + self.batch_size], self.emotions[part], [self.keys[j] for j in part.tolist()])
+
+    def finished_pass(self, rows: torch.Tensor, features: torch.Tensor, index: int):
+        """Finished training Batches of a GPU pass: the labels copied once, SpecAugment over every clip of the pass
+        at once (torchaudio's masks are drawn clip by clip, so the distribution is the batch's), its draws from the
+        device's generator seeded by (seed, epoch, rank, pass INDEX) inside a fork: the masks replay on resume
+        and leave the generator that dropout draws from as it was. About 80 launches a pass instead of a batch."""
+        labels = self.class_indices(self.emotions[rows]).to(self.device, non_blocking=True)
+        if self.spec_augment is not None:
+            cuda = self.device.type == "cuda"
+            device = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
+            with torch.random.fork_rng(devices=[device] if cuda else []):
+                seed = sub_seed(self.seed, self.epoch, self.rank, 2, index)
+                torch.cuda.manual_seed(seed) if cuda else torch.default_generator.manual_seed(seed)
+                features = self.spec_augment(features)
+        valid = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)  # training batches are full
+        for at in range(0, len(rows), self.batch_size):
+            part = rows[at:at + self.batch_size]
+            yield Batch(features[at:at + self.batch_size], labels[at:at + self.batch_size],
+                        [self.keys[j] for j in part.tolist()], valid)
 
     def train_features(self, rows: torch.Tensor, factors: torch.Tensor, positions: torch.Tensor,
                        noise: torch.Generator, length: int) -> torch.Tensor:
