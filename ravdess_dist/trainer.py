@@ -35,7 +35,7 @@ class Preempted(SystemExit):
 STOP = {"signal": 0}
 STOP_CHECK_EVERY = 8  # steps between looks at the preemption flag (a collective and a host sync); the last step always looks
 RESUME_KEYS = ("model", "intensity", "train_intensities", "seed", "model_args", "features", "ema_decay",
-               "select")  # + actors
+               "select", "cuda_graph")  # + actors; cuda_graph: its optimiser keeps the learning rate as a tensor
 
 
 def _on_signal(signum, _frame):
@@ -347,6 +347,9 @@ class Run:
         self.bare_model().load_state_dict(state["train_model"] if self.ema is not None else state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.cfg.cuda_graph:  # checkpoints load on the CPU; the graph's fused AdamW reads its rate on the device
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"].to(self.accelerator.device)
         if self.accelerator.scaler is not None and state.get("scaler"):
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch, self.epoch_loss_sum = state["epoch"], state["step"], state.get("epoch_loss_sum", 0.0)

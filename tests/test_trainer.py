@@ -639,3 +639,14 @@ def test_cuda_graph_run_trains_through_the_graphed_step(setup, monkeypatch):
     lr = run.optimizer.param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(run.scheduler.get_last_lr()[0].item())
     assert load_checkpoint(tmp / "models/graphed/last.pt")["epoch"] == 2
+    resumed = Run(load_config(train_args(tmp, shards, config, "graphed", "--backend", "device", "cuda_graph=true",
+                                         "--epochs", "3", "--resume", "auto")))
+    try:
+        assert resumed.epoch == 2 and isinstance(resumed.optimizer.param_groups[0]["lr"], torch.Tensor)
+        resumed.fit()
+    finally:
+        resumed.close()
+    assert resumed.epoch == 3 and len(made) == 2 and math.isfinite(resumed.history[-1]["loss"])
+    with pytest.raises(ValueError, match="checkpoint has cuda_graph=True, this run asks False"):
+        Run(load_config(train_args(tmp, shards, config, "graphed", "--backend", "device", "--epochs", "4",
+                                   "--resume", "auto")))
