@@ -5,6 +5,7 @@
 source scripts/device/lib.sh
 step 90 pytest-gpu python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphed_step.py tests/test_device_path.py -k "gpu"; pack prof
 step 60 prof-graph python3 scripts/device/profile_step.py --name graph cuda_graph=true; pack prof
+step 45 prof-graph-pass64 python3 scripts/device/profile_step.py --name graph-pass64 --pass 64 cuda_graph=true; pack prof
 step 120 prof-ro python3 scripts/device/profile_step.py --name ro compile=reduce-overhead; pack prof
 step 150 cv-hybrid-normal-graph python3 -m ravdess_dist.cv --jobs 6 --config configs/hybrid.yaml --intensity normal --folds 6 --run-name gpu-cv-graph --output-dir /tmp/m --logging-dir /tmp/runs cuda_graph=true
 keep gpu-cv-graph; cp /tmp/m/gpu-cv-graph/fold*.log $R/gpu-cv-graph/ 2>/dev/null; pack prof
