@@ -110,7 +110,7 @@ def test_metrics_say_where_the_time_went(trained, setup):
     assert set(t) == {"setup", "setup_device", "setup_loaders", "setup_model", "train_steps", "validation",
                       "checkpoints", "test", "outside_train_steps", "wall"}
     parts = [t[k] for k in ("setup_device", "setup_loaders", "setup_model")]
-    assert all(p > 0 for p in parts) and sum(parts) <= t["setup"] + 0.02  # where setup's seconds went
+    assert all(p >= 0 for p in parts) and sum(parts) <= t["setup"] + 0.03  # where setup's seconds went (2 decimals)
     epochs = sum(h["seconds"] for h in metrics(setup, "base")["history"])
     assert t["train_steps"] == pytest.approx(epochs, abs=0.02)
     assert all(t[k] > 0 for k in ("setup", "validation", "checkpoints", "test"))
