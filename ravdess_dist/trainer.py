@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import AutocastKwargs, TorchDynamoPlugin, broadcast_object_list, gather_object, set_seed
+from accelerate.utils import AutocastKwargs, broadcast_object_list, gather_object, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -62,13 +62,6 @@ def resolve_precision(cfg: TrainConfig, device: str) -> str:
     if cfg.mixed_precision == "fp16" and not cuda:
         raise ValueError("--mixed-precision fp16 needs a GPU (loss scaling is CUDA-only); use bf16 or no on a CPU")
     return cfg.mixed_precision
-
-
-def compile_plugin(mode: str) -> TorchDynamoPlugin | None:
-    """Accelerate's torch.compile settings for `compile: MODE` (None: eager). reduce-overhead adds CUDA graphs."""
-    if mode == "no":
-        return None
-    return TorchDynamoPlugin(backend="inductor", mode=mode)
 
 
 def check_cuda_graph(device: torch.device, processes: int) -> None:
@@ -236,7 +229,9 @@ class Run:
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolve_precision(cfg, device),
                                        log_with="tensorboard", project_dir=cfg.logging_dir,
-                                       dynamo_plugin=compile_plugin(cfg.compile),
+                                       # compile is the run's own choice (below): Accelerate's dynamo setting is
+                                       # process-wide and outlived its Run (the next Run in a process was compiled too)
+                                       dynamo_backend="no",
                                        # capture needs autocast's weight cache off, also in the model's own wrapper
                                        kwargs_handlers=[AutocastKwargs(cache_enabled=False)] if cfg.cuda_graph else None)
         acc = self.accelerator
@@ -279,8 +274,10 @@ class Run:
             optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader), acc.device)
             weights = class_weights(self.train_entries, self.classes) if cfg.class_weights else None
             self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
-            # the loaders already split by rank: only the model and optimizer go through prepare() (DDP, then compile)
+            # the loaders already split by rank: only the model and optimizer go through prepare() (DDP), then compile
             self.model, self.optimizer = acc.prepare(model, optimizer)
+            if cfg.compile != "no":  # reduce-overhead adds CUDA graphs; checkpoints keep the plain names (bare_model)
+                self.model = torch.compile(self.model, backend="inductor", mode=cfg.compile)
         self.bare = acc.unwrap_model(self.model, keep_torch_compile=False)  # once: a call costs ~1.5 ms (every step)
         self.ema = average_of(self.bare, cfg.ema_decay)
         self.graphed: GraphedStep | None = None  # cuda_graph: captured at the first training step (it needs a batch)

@@ -538,6 +538,13 @@ def test_channels_last_and_compile_keep_plain_checkpoints(setup):
         assert list(run.bare_model().state_dict()) == list(plain.state_dict())
     finally:
         run.close()
+    # compile is this Run's setting alone: the next Run in the process, without it, trains the eager model
+    # (Accelerate's dynamo plugin is process-wide state, which once compiled every later Run too)
+    after = Run(load_config(train_args(tmp, shards, config, "layout-after", "--backend", "device")))
+    try:
+        assert not isinstance(after.model, torch._dynamo.eval_frame.OptimizedModule)
+    finally:
+        after.close()
 
 
 def same_weights(a, b) -> bool:
