@@ -30,6 +30,7 @@ and turned into features there.
   instead of per clip. The clips are this loader's own (transductive: a test actor's scored clips), or those of
   `spec.speaker_reference` (the actor's clips of the other intensity, never scored: an enrolment set).
 """
+import contextlib
 import functools
 import itertools
 from dataclasses import replace
@@ -100,6 +101,7 @@ class DeviceLoader(ShardLoader):
         # on a GPU a step of these small models is bound by kernel launches: the data path makes its launches for
         # GPU_PASS batches at once; on the CPU batch by batch (the prefetch thread keeps a step's worth ahead)
         self.batches_per_pass = GPU_PASS if self.device.type == "cuda" else 1
+        self.full_batch = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)  # a pass's `valid`: all rows
 
     def windows(self, rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
         """Float windows [B, length] of clips ROWS from STARTS (zero outside each clip)."""
@@ -232,17 +234,25 @@ class DeviceLoader(ShardLoader):
         and leave the generator that dropout draws from as it was. About 80 launches a pass instead of a batch."""
         labels = self.class_indices(self.emotions[rows]).to(self.device, non_blocking=True)
         if self.spec_augment is not None:
-            cuda = self.device.type == "cuda"
-            device = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
-            with torch.random.fork_rng(devices=[device] if cuda else []):
-                seed = sub_seed(self.seed, self.epoch, self.rank, 2, index)
-                torch.cuda.manual_seed(seed) if cuda else torch.default_generator.manual_seed(seed)
+            with self.forked_generator(sub_seed(self.seed, self.epoch, self.rank, 2, index)):
                 features = self.spec_augment(features)
-        valid = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)  # training batches are full
         for at in range(0, len(rows), self.batch_size):
             part = rows[at:at + self.batch_size]
             yield Batch(features[at:at + self.batch_size], labels[at:at + self.batch_size],
-                        [self.keys[j] for j in part.tolist()], valid)
+                        [self.keys[j] for j in part.tolist()], self.full_batch)
+
+    @contextlib.contextmanager
+    def forked_generator(self, seed: int):
+        """Torch's generator of this loader's device seeded with SEED inside, as it was outside (torch.random.fork_rng)."""
+        if self.device.type != "cuda":
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                yield
+            return
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index]), torch.cuda.device(index):
+            torch.cuda.manual_seed(seed)
+            yield
 
     def train_features(self, rows: torch.Tensor, factors: torch.Tensor, positions: torch.Tensor,
                        noise: torch.Generator, length: int) -> torch.Tensor:
