@@ -13,12 +13,13 @@ they are put back in place (the graph holds their addresses): state that existed
 created is zeroed, which is AdamW's initial state; the random generators are restored too. AdamW is fused, capturable
 and has a tensor learning rate that the scheduler fills in place, so the schedule reaches the graph
 (`trainer.make_optimizer`). Gradients are written, not accumulated, by each replay (captured after
-`zero_grad(set_to_none=True)`).
+`zero_grad(set_to_none=True)`). Mixup's draws (its weight and each clip's partner) are made outside, before each
+replay, and copied into static inputs of their own like the batch: the graph itself draws nothing.
 
 Without a GPU (`capture=False`, for the tests) the same buffers, warm-up and restoring run, and each call runs the
 update eagerly on the buffers: what the graph would replay.
 
-The limits (a GPU, one process, no mixup, moving average, fp16 loss scaling or torch.compile) are checked by
+The limits (a GPU, one process, no moving average, fp16 loss scaling or torch.compile) are checked by
 `TrainConfig.validate` and `Run`.
 """
 from collections.abc import Callable
@@ -29,46 +30,48 @@ WARMUP_UPDATES = 3  # PyTorch's examples warm up 3 iterations before capturing
 
 
 class GraphedStep:
-    """UPDATE(x, y) -> loss captured for batches shaped like X, Y; call it with each batch (see the module docstring)."""
+    """UPDATE(*inputs) -> loss captured for inputs shaped like INPUTS (features, labels and, with mixup, its weight and
+    pairing); call it with each step's inputs (see the module docstring)."""
 
-    def __init__(self, update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
-                 y: torch.Tensor, model: torch.nn.Module, optimizer, capture: bool = True,
-                 warmup: int = WARMUP_UPDATES):
+    def __init__(self, update: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
+                 model: torch.nn.Module, optimizer, capture: bool = True, warmup: int = WARMUP_UPDATES):
         """Warm up, capture (CAPTURE) and put MODEL's and OPTIMIZER's state back as it was before."""
         self.update, self.optimizer = update, optimizer
-        self.x, self.y = x.detach().clone(), y.detach().clone()
+        self.inputs = tuple(t.detach().clone() for t in inputs)  # the static buffers the graph reads
+        device = self.inputs[0].device
         saved = _snapshot(model, optimizer)
-        rng = _rng_state(self.x.device)
-        stream = torch.cuda.Stream(self.x.device) if capture else None
+        rng = _rng_state(device)
+        stream = torch.cuda.Stream(device) if capture else None
         if stream is not None:
-            stream.wait_stream(torch.cuda.current_stream(self.x.device))
+            stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):  # None (a CPU): no stream, nothing changes
             for _ in range(warmup):
                 optimizer.zero_grad(set_to_none=True)
-                update(self.x, self.y)
+                update(*self.inputs)
         if stream is not None:
-            torch.cuda.current_stream(self.x.device).wait_stream(stream)
+            torch.cuda.current_stream(device).wait_stream(stream)
         optimizer.zero_grad(set_to_none=True)
         self.graph, self.loss = None, None
         if capture:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.loss = update(self.x, self.y)
+                self.loss = update(*self.inputs)
         _restore(model, optimizer, saved)
-        _set_rng_state(self.x.device, rng)
+        _set_rng_state(device, rng)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One update on batch X, Y (shaped as the captured one); the loss, on the device, valid until the next call."""
-        if x.shape != self.x.shape or y.shape != self.y.shape:
-            raise ValueError(f"cuda_graph: a batch of shape {tuple(x.shape)} / {tuple(y.shape)} where the graph was "
-                             f"captured for {tuple(self.x.shape)} / {tuple(self.y.shape)}")
-        self.x.copy_(x)
-        self.y.copy_(y)
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """One update on INPUTS (shaped as the captured ones); the loss, on the device, valid until the next call."""
+        shapes, captured = [tuple(t.shape) for t in inputs], [tuple(t.shape) for t in self.inputs]
+        if shapes != captured:
+            raise ValueError(f"cuda_graph: inputs of shapes {' / '.join(map(str, shapes))} where the graph was "
+                             f"captured for {' / '.join(map(str, captured))}")
+        for static, value in zip(self.inputs, inputs):
+            static.copy_(value)
         if self.graph is not None:
             self.graph.replay()
             return self.loss
         self.optimizer.zero_grad(set_to_none=True)
-        return self.update(self.x, self.y)
+        return self.update(*self.inputs)
 
 
 def _snapshot(model: torch.nn.Module, optimizer) -> dict:

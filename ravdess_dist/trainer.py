@@ -212,6 +212,38 @@ def make_optimizer(cfg: TrainConfig, model, steps_per_epoch: int, device: torch.
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def mixup_draws(alpha: float, y: torch.Tensor) -> tuple:
+    """Mixup's draws for a batch of labels Y: its weight from Beta(ALPHA, ALPHA) (a float, from torch's global generator
+    on the CPU) and each clip's partner (a permutation, from the device's generator); () when ALPHA is 0."""
+    if alpha <= 0:
+        return ()
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return lam, torch.randperm(len(y), device=y.device)
+
+
+def graph_inputs(mix: tuple) -> tuple:
+    """MIX (mixup_draws) as a CUDA graph's inputs: the weight a float32 tensor on the device (a float would be frozen
+    into the captured graph), copied from pinned memory without blocking (the allocator keeps that buffer until the
+    copy ran); a CPU tensor on a CPU (the graph's eager stand-in). The same value: float32 holds Beta's sample exactly."""
+    if not mix:
+        return ()
+    lam, pair = mix
+    weight = torch.tensor(lam, dtype=torch.float32)
+    if pair.device.type == "cuda":
+        weight = weight.pin_memory().to(pair.device, non_blocking=True)
+    return weight, pair
+
+
+def mixed_loss(model, loss_fn, x: torch.Tensor, y: torch.Tensor, lam: float | torch.Tensor | None = None,
+               pair: torch.Tensor | None = None) -> torch.Tensor:
+    """LOSS_FN of MODEL on features X, labels Y; with mixup's draws (LAM, PAIR) the inputs are the convex pairs
+    LAM * x + (1 - LAM) * x[PAIR] and the loss mixes both labels with the same weight."""
+    if pair is None:
+        return loss_fn(model(x), y)
+    logits = model(lam * x + (1 - lam) * x[pair])
+    return lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[pair])
+
+
 def average_of(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of MODEL's weights and buffers (BatchNorm statistics too), updated after every
     optimiser step; None when DECAY is 0. Its step counter stays on the CPU, so an update never waits for the GPU."""
@@ -428,31 +460,27 @@ class Run:
     def train_step(self, batch) -> torch.Tensor:
         """One optimiser step on BATCH: `update` (or, with cuda_graph, the replay of its CUDA graph), then the LR
         schedule and the weights' moving average; returns the loss, on the device."""
+        mix = mixup_draws(self.cfg.augment.mixup_alpha, batch.labels)
         if self.cfg.cuda_graph:
+            inputs = (batch.features, batch.labels, *graph_inputs(mix))
             if self.graphed is None:
-                self.graphed = GraphedStep(self.update, batch.features, batch.labels, self.bare_model(),
-                                           self.optimizer)
-            loss = self.graphed(batch.features, batch.labels)  # writes the gradients afresh: no zero_grad
+                self.graphed = GraphedStep(self.update, inputs, self.bare_model(), self.optimizer)
+            loss = self.graphed(*inputs)  # writes the gradients afresh: no zero_grad
         else:
-            loss = self.update(batch.features, batch.labels)
+            loss = self.update(batch.features, batch.labels, *mix)
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.bare_model())
         return loss
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Forward (mixup when configured), loss, backward, gradient clipping and the optimiser step on features X,
-        labels Y; returns the loss. What cuda_graph captures."""
+    def update(self, x: torch.Tensor, y: torch.Tensor, lam: float | torch.Tensor | None = None,
+               pair: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward and loss (mixed_loss: mixup when given its draws LAM, PAIR), backward, gradient clipping and the
+        optimiser step on features X, labels Y; returns the loss. What cuda_graph captures."""
         acc = self.accelerator
         with acc.autocast():
-            if self.cfg.augment.mixup_alpha > 0:  # convex pairs of clips, the loss mixed with the same weight
-                lam = float(torch.distributions.Beta(self.cfg.augment.mixup_alpha, self.cfg.augment.mixup_alpha).sample())
-                pair = torch.randperm(len(y), device=y.device)
-                logits = self.model(lam * x + (1 - lam) * x[pair])
-                loss = lam * self.loss_fn(logits, y) + (1 - lam) * self.loss_fn(logits, y[pair])
-            else:
-                loss = self.loss_fn(self.model(x), y)
+            loss = mixed_loss(self.model, self.loss_fn, x, y, lam, pair)
         acc.backward(loss)
         acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()

@@ -7,7 +7,7 @@ import torch
 from ravdess_dist.config import load_config
 from ravdess_dist.graphed_step import GraphedStep
 from ravdess_dist.models import create_model
-from ravdess_dist.trainer import make_optimizer
+from ravdess_dist.trainer import graph_inputs, make_optimizer, mixed_loss, mixup_draws
 
 SHAPE = (8, 1, 32, 21)  # a batch of small log-mels
 
@@ -21,8 +21,8 @@ def setup(seed: int, device: str = "cpu", dropout: float = 0.3):
     model = create_model("cnn", 8, SHAPE[2], SHAPE[3], dropout=dropout).to(device)
     optimizer, scheduler = make_optimizer(cfg, model, 4, torch.device(device))
 
-    def update(x, y):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+    def update(x, y, lam=None, pair=None):  # the trainer's update without Accelerate: mixup when given its draws
+        loss = mixed_loss(model, torch.nn.functional.cross_entropy, x, y, lam, pair)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -57,7 +57,7 @@ def test_graphed_updates_are_the_plain_updates(steps_before):
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
     model, optimizer, scheduler, update = graphed
-    step = GraphedStep(update, *data[steps_before], model, optimizer, capture=False)
+    step = GraphedStep(update, data[steps_before], model, optimizer, capture=False)
     assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)
     for x, y in data[steps_before:]:
         rng = torch.get_rng_state()
@@ -77,7 +77,7 @@ def test_warm_up_leaves_no_trace():
     model, optimizer, _, update = setup(0)
     before = [t.clone() for t in state_of(model, optimizer)]
     rng = torch.get_rng_state()
-    GraphedStep(update, *batches(1)[0], model, optimizer, capture=False)
+    GraphedStep(update, batches(1)[0], model, optimizer, capture=False)
     assert all(torch.equal(a, b) for a, b in zip(before, [*model.parameters(), *model.buffers()]))
     assert all(not v.any() for s in optimizer.state.values() for v in s.values())  # AdamW's initial state: zeros
     assert torch.equal(torch.get_rng_state(), rng)
@@ -86,10 +86,42 @@ def test_warm_up_leaves_no_trace():
 def test_a_batch_of_another_shape_is_refused():
     """The graph holds one batch shape: another is an error that names both."""
     model, optimizer, _, update = setup(0)
-    step = GraphedStep(update, *batches(1)[0], model, optimizer, capture=False)
+    step = GraphedStep(update, batches(1)[0], model, optimizer, capture=False)
     x, y = batches(1)[0]
-    with pytest.raises(ValueError, match=r"shape \(4, 1, 32, 21\).*captured for \(8, 1, 32, 21\)"):
+    with pytest.raises(ValueError, match=r"shapes \(4, 1, 32, 21\) / \(4,\) where .* captured for \(8, 1, 32, 21\) / \(8,\)"):
         step(x[:4], y[:4])
+
+
+def test_mixup_draws_as_graph_inputs_give_the_plain_mixup_updates():
+    """With mixup the graph's inputs are its draws (the weight a float32 tensor, the pairing a permutation): bit for
+    bit the updates of the plain step, which takes the weight as a float, the draws made once for both."""
+    data = batches(5)
+    plain, graphed = setup(0), setup(0)
+    model, optimizer, scheduler, update = graphed
+    torch.manual_seed(3)
+    draws = [mixup_draws(0.2, y) for _, y in data]
+    assert all(isinstance(lam, float) and 0 <= lam <= 1 for lam, _ in draws)
+    first = graph_inputs(draws[0])
+    assert first[0].dtype == torch.float32 and first[0].item() == draws[0][0]  # float32 holds the sample exactly
+    step = GraphedStep(update, (*data[0], *first), model, optimizer, capture=False)
+    plain[0].train(), model.train()
+    for (x, y), mix in zip(data, draws):
+        rng = torch.get_rng_state()
+        expected = plain[3](x, y, *mix)
+        plain[1].zero_grad(set_to_none=True)
+        plain[2].step()
+        torch.set_rng_state(rng)
+        got = step(x, y, *graph_inputs(mix))
+        scheduler.step()
+        assert torch.equal(got, expected)
+        assert all(torch.equal(a, b) for a, b in zip(state_of(*graphed[:2]), state_of(*plain[:2]), strict=True))
+
+
+def test_mixup_draws_nothing_without_mixup():
+    """alpha 0: no draws (the generators untouched), nothing added to the graph's inputs."""
+    rng = torch.get_rng_state()
+    assert mixup_draws(0.0, torch.zeros(8, dtype=torch.long)) == () and graph_inputs(()) == ()
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
@@ -103,7 +135,7 @@ def test_captured_graph_on_the_gpu_gives_the_plain_updates():
     data = batches(6, "cuda")
     plain, graphed = setup(0, "cuda", dropout=0.0), setup(0, "cuda", dropout=0.0)
     model, optimizer, scheduler, update = graphed
-    step = GraphedStep(update, *data[0], model, optimizer, capture=True)
+    step = GraphedStep(update, data[0], model, optimizer, capture=True)
     for x, y in data:
         expected = plain[3](x, y)
         plain[1].zero_grad(set_to_none=True)
@@ -120,7 +152,7 @@ def test_graphed_updates_make_no_host_sync_on_the_gpu():
     """A replay, the batch's copies and the schedule's in-place update never wait for the GPU."""
     data = batches(4, "cuda")
     model, optimizer, scheduler, update = setup(0, "cuda")
-    step = GraphedStep(update, *data[0], model, optimizer, capture=True)
+    step = GraphedStep(update, data[0], model, optimizer, capture=True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -131,3 +163,29 @@ def test_graphed_updates_make_no_host_sync_on_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert all(torch.isfinite(loss) for loss in losses)
+
+
+@GPU
+def test_captured_graph_with_mixup_on_the_gpu_gives_the_plain_updates_without_host_sync():
+    """Mixup's draws reach the replayed graph as inputs: the same losses and weights as the plain step given the same
+    draws (float tolerance), and neither the draws' copies nor the replays wait for the GPU."""
+    data = batches(5, "cuda")
+    plain, graphed = setup(0, "cuda", dropout=0.0), setup(0, "cuda", dropout=0.0)
+    model, optimizer, scheduler, update = graphed
+    draws = [mixup_draws(0.2, y) for _, y in data]
+    step = GraphedStep(update, (*data[0], *graph_inputs(draws[0])), model, optimizer, capture=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = []
+        for (x, y), mix in zip(data, draws):
+            got.append(step(x, y, *graph_inputs(mix)).clone())
+            scheduler.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for (x, y), mix, loss in zip(data, draws, got):
+        expected = plain[3](x, y, *mix)
+        plain[1].zero_grad(set_to_none=True)
+        plain[2].step()
+        assert torch.allclose(loss, expected, rtol=1e-4, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(model.parameters(), plain[0].parameters()))

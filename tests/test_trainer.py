@@ -623,8 +623,9 @@ def test_adamw_is_fused_on_a_gpu_only(device, fused):
 
 def test_cuda_graph_run_trains_through_the_graphed_step(setup, monkeypatch):
     """cuda_graph=true through the real Run, with the graph's eager stand-in (a CPU cannot capture; the capture is
-    tested on a GPU in tests/test_graphed_step.py): the update runs on the static buffers every step, the learning
-    rate is a tensor the schedule moves, and checkpoints, resume state and the test work as in any run."""
+    tested on a GPU in tests/test_graphed_step.py): the update runs on the static buffers every step, mixup's draws
+    among them (the recipes' mixup 0.2), the learning rate is a tensor the schedule moves, and checkpoints, resume
+    state and the test work as in any run."""
     tmp, shards, config = setup
     monkeypatch.setattr(trainer_module, "check_cuda_graph", lambda device, processes: None)
     made = []
@@ -635,19 +636,21 @@ def test_cuda_graph_run_trains_through_the_graphed_step(setup, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "GraphedStep", eager_graph)
     run = Run(load_config(train_args(tmp, shards, config, "graphed", "--backend", "device", "cuda_graph=true",
-                                     "--epochs", "2")))
+                                     "--epochs", "2", "augment.mixup_alpha=0.2")))
     try:
         run.fit()
         m = run.test()
     finally:
         run.close()
     assert len(made) == 1 and all(math.isfinite(h["loss"]) for h in m["history"]) and m["test"]["clips"] > 0
+    features, labels, lam, pair = made[0].inputs  # mixup's weight and pairing are inputs of the graph
+    assert lam.shape == () and 0 <= float(lam) <= 1 and sorted(pair.tolist()) == list(range(len(labels)))
     assert run.accelerator.autocast_handler.cache_enabled is False  # capture needs it off, the model's wrapper too
     lr = run.optimizer.param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(run.scheduler.get_last_lr()[0].item())
     assert load_checkpoint(tmp / "models/graphed/last.pt")["epoch"] == 2
     resumed = Run(load_config(train_args(tmp, shards, config, "graphed", "--backend", "device", "cuda_graph=true",
-                                         "--epochs", "3", "--resume", "auto")))
+                                         "--epochs", "3", "--resume", "auto", "augment.mixup_alpha=0.2")))
     try:
         assert resumed.epoch == 2 and isinstance(resumed.optimizer.param_groups[0]["lr"], torch.Tensor)
         resumed.fit()
