@@ -5,11 +5,12 @@ recipe (librosa per WAV file), the torch backend and the DALI backend, in one ru
 
 `python -m ravdess_dist.bench train`: training throughput per backend x model through the trainer's own code (a real
 `Run` and its `train_epoch`): one warm-up epoch, then N timed ones; clips/s, epoch wall time, the share of step time
-spent waiting for data, and peak memory (GPU: torch.cuda.max_memory_allocated; CPU: peak RSS of this process and of the
-loader's worker processes), over the timed epochs only. `--rounds R` measures every pair R times, model by model and
-the backends' order alternating, and reports medians and each backend's clips/s ratio to the first one per round: on a
-shared machine the pairs' figures drift together, their ratio much less. `--interleave` keeps one Run per backend
-alive and alternates their timed epochs instead (cycles seconds apart, not rounds minutes apart).
+spent waiting for data (host clock; on a GPU also the GPU's own, `GPU wait`: ravdess_dist/data_wait.py), and peak memory
+(GPU: torch.cuda.max_memory_allocated; CPU: peak RSS of this process and of the loader's worker processes), over the
+timed epochs only. `--rounds R` measures every pair R times, model by model and the backends' order alternating, and
+reports medians and each backend's clips/s ratio to the first one per round: on a shared machine the pairs' figures
+drift together, their ratio much less. `--interleave` keeps one Run per backend alive and alternates their timed epochs
+instead (cycles seconds apart, not rounds minutes apart).
 """
 import argparse
 import contextlib
@@ -246,7 +247,8 @@ def train_epoch_timed(run) -> dict:
     run.epoch, run.step_in_epoch, run.epoch_loss_sum = run.epoch + 1, 0, 0.0
     # every process's clips, as the trainer counts them (older trainers did not return the count)
     clips = stats.get("clips", len(run.train_loader) * run.cfg.batch_size * run.accelerator.num_processes)
-    return {"seconds": seconds, "clips": clips, "loss": stats["loss"], "data_wait": stats["data_wait"]}
+    return {"seconds": seconds, "clips": clips, "loss": stats["loss"], "data_wait": stats["data_wait"],
+            "data_wait_device": stats.get("data_wait_device")}
 
 
 def release(run) -> None:
@@ -280,12 +282,20 @@ def build_run(cfg):
         raise Skipped(str(err)) from None
 
 
+def weighted_share(shares: list[float | None], seconds: list[float]) -> float | None:
+    """The mean of per-epoch SHARES weighted by their epochs' SECONDS; None if any is None (a CPU's GPU wait)."""
+    if not shares or None in shares:
+        return None
+    return round(sum(s * t for s, t in zip(shares, seconds)) / sum(seconds), 4)
+
+
 def training_row(run, timed: list[dict], memory: dict) -> dict:
     """The steady-state figures of RUN's TIMED epochs (train_epoch_timed's dicts) and the peak MEMORY over them."""
     seconds, clips = sum(t["seconds"] for t in timed), sum(t["clips"] for t in timed)
     return {"status": "ok", "clips_per_s": round(clips / seconds, 1), "epoch_s": round(seconds / len(timed), 3),
             "epochs_timed": len(timed),
             "data_wait": round(sum(t["data_wait"] * t["seconds"] for t in timed) / seconds, 4),
+            "data_wait_device": weighted_share([t.get("data_wait_device") for t in timed], [t["seconds"] for t in timed]),
             "loss": timed[-1]["loss"], "clips_per_epoch": timed[-1]["clips"],
             "steps_per_epoch": len(run.train_loader), "epochs_s": [round(t["seconds"], 3) for t in timed],
             "precision": run.accelerator.mixed_precision, "device": str(run.accelerator.device), **memory}
@@ -398,6 +408,8 @@ def merge_rounds(rounds: list[dict]) -> dict:
     row = dict(rounds[-1])
     for key in ("clips_per_s", "epoch_s", "data_wait"):
         row[key] = statistics.median(r[key] for r in rounds)
+    device_waits = [r.get("data_wait_device") for r in rounds]
+    row["data_wait_device"] = None if None in device_waits else statistics.median(device_waits)
     row["peak_mb"] = max(r["peak_mb"] for r in rounds)
     if all(r.get("workers_mb") is not None for r in rounds):
         row["workers_mb"] = max(r["workers_mb"] for r in rounds)
@@ -472,7 +484,8 @@ def train(args: argparse.Namespace) -> dict:
     return results
 
 
-TRAIN_HEADER = f"{'backend':8s} {'model':8s} {'clips/s':>8s} {'epoch s':>8s} {'data wait':>9s} {'peak MB':>9s}  precision"
+TRAIN_HEADER = (f"{'backend':8s} {'model':8s} {'clips/s':>8s} {'epoch s':>8s} {'data wait':>9s} {'GPU wait':>9s} "
+                f"{'peak MB':>9s}  precision")
 
 
 def format_train_row(row: dict) -> str:
@@ -480,8 +493,10 @@ def format_train_row(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['backend']:8s} {row['model']:8s} {row['status']}: {row.get('reason', '')}"
     peak = f"{row['peak_mb']:.0f}" + (f"+{row['workers_mb']:.0f}" if row.get("workers_mb") else "")
+    device_wait = row.get("data_wait_device")
+    gpu = "-" if device_wait is None else f"{100 * device_wait:.1f}%"
     return (f"{row['backend']:8s} {row['model']:8s} {row['clips_per_s']:8.1f} {row['epoch_s']:8.2f} "
-            f"{100 * row['data_wait']:8.1f}% {peak:>9s}  {row['precision']}")
+            f"{100 * row['data_wait']:8.1f}% {gpu:>9s} {peak:>9s}  {row['precision']}")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ravdess_dist.config import TrainConfig, from_dict, to_dict
+from ravdess_dist.data_wait import DataWaitClock
 from ravdess_dist.device import provenance, resolve_device
 from ravdess_dist.evaluate import evaluate, plot_confusion
 from ravdess_dist.graphed_step import GraphedStep
@@ -418,7 +419,8 @@ class Run:
 
     def train_epoch(self) -> dict:
         """One pass over this rank's training batches; returns loss, clips (all processes'), seconds, clips/s and the
-        fraction of time spent waiting for data.
+        fraction of time spent waiting for data: `data_wait` on the host's clock, `data_wait_device` on a GPU's (the
+        measure there; None on a CPU: ravdess_dist/data_wait.py says why they differ).
 
         No host sync per step: the loss sum stays on the device and is read once, at the end (or at a preemption); the
         preemption flag is looked at every STOP_CHECK_EVERY steps and at the last step (stop_check_due)."""
@@ -430,15 +432,14 @@ class Run:
         skip, resumed_rng = self.step_in_epoch, self.resumed_rng() if self.step_in_epoch else None
         # float64 from the resumed epoch's sum: the same additions in the same order as an uninterrupted epoch
         loss_sum = torch.tensor(self.epoch_loss_sum, dtype=torch.float64, device=acc.device)
-        waited, start = 0.0, time.perf_counter()
+        clock, start = DataWaitClock(acc.device), time.perf_counter()
         batches = iter(self.train_loader)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch}", disable=not acc.is_local_main_process, leave=False)
         for step in bar:
             if step == skip and resumed_rng is not None:  # continue the interrupted epoch with the random state it had,
                 set_rng_state(resumed_rng)  # before this step's batch: SpecAugment draws from it as the batch is made
-            t0 = time.perf_counter()
-            batch = next(batches)
-            waited += time.perf_counter() - t0
+            with clock.fetching():
+                batch = next(batches)
             if step < skip:
                 continue
             if self.epoch == 0 and step == 0:
@@ -451,11 +452,13 @@ class Run:
                 acc.print(f"signal {STOP['signal']}: checkpoint saved at epoch {self.epoch} step {self.step_in_epoch}")
                 acc.end_training()
                 raise Preempted(128 + max(STOP["signal"], 1))
+        clock.stop()
         self.epoch_loss_sum = loss_sum.item()  # the epoch's one host sync (it waits for the device's last step)
         elapsed = time.perf_counter() - start
         clips = (self.step_in_epoch - skip) * self.cfg.batch_size  # the global batch: every process's clips
         return {"loss": self.epoch_loss_sum / max(self.step_in_epoch, 1), "clips": clips, "seconds": elapsed,
-                "clips_per_s": clips / elapsed, "data_wait": waited / elapsed}
+                "clips_per_s": clips / elapsed, "data_wait": clock.host / elapsed,
+                "data_wait_device": clock.device_share()}
 
     def train_step(self, batch) -> torch.Tensor:
         """One optimiser step on BATCH: `update` (or, with cuda_graph, the replay of its CUDA graph), then the LR
@@ -490,11 +493,16 @@ class Run:
         """Scalars to TensorBoard and a line on the console (VAL: None in a run without validation actors)."""
         lr = float(self.scheduler.get_last_lr()[0])  # a tensor with cuda_graph: read once an epoch
         scores = {} if val is None else {"val/wa": val["wa"], "val/ua": val["ua"], "val/macro_f1": val["macro_f1"]}
+        device_wait = train["data_wait_device"]
+        waits = {"train/data_wait_fraction": train["data_wait"],
+                 **({} if device_wait is None else {"train/data_wait_device_fraction": device_wait})}
         self.accelerator.log({"train/loss": train["loss"], "train/lr": lr, "train/clips_per_s": train["clips_per_s"],
-                              "train/data_wait_fraction": train["data_wait"], **scores}, step=self.epoch)
+                              **waits, **scores}, step=self.epoch)
         shown = "" if val is None else f" val WA {val['wa']:.3f} UA {val['ua']:.3f} F1 {val['macro_f1']:.3f}"
+        wait = f"{100 * train['data_wait']:.0f} %" if device_wait is None else \
+            f"{100 * device_wait:.0f} % of GPU time ({100 * train['data_wait']:.0f} % of host time)"
         self.accelerator.print(f"epoch {self.epoch}: loss {train['loss']:.4f}{shown} ({train['clips_per_s']:.0f} "
-                               f"clips/s, data wait {100 * train['data_wait']:.0f} %)")
+                               f"clips/s, data wait {wait})")
 
     def log_spectrograms(self, features: torch.Tensor) -> None:
         """A few training inputs as images, once, to see what the model sees."""

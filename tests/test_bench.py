@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ravdess_dist.bench import PORTABLE, compare, merge_rounds, round_order, timed_epochs, train_config
+from ravdess_dist.bench import (PORTABLE, compare, format_train_row, merge_rounds, round_order, timed_epochs, train_config,
+                                 weighted_share)
 from ravdess_dist.data.contract import BACKENDS
 from ravdess_dist.trainer import cpu_has_bf16
 from shards.manifest import Manifest
@@ -173,3 +174,17 @@ def test_a_round_that_failed_fails_the_row_and_leaves_the_ratios():
     per_round = {("torch", "cnn"): [ok, ok], ("device", "cnn"): [ok | {"clips_per_s": 120.0}, failed]}
     assert compare(per_round, ["torch", "device"], ["cnn"]) == [
         {"model": "cnn", "backend": "device", "versus": "torch", "ratios": [1.2], "median": 1.2}]
+
+
+def test_the_gpu_wait_is_averaged_where_every_epoch_has_one():
+    """GPU wait: each epoch's share weighted by its seconds, the median over rounds; a CPU's (None) stays None and
+    the table shows '-' for it."""
+    assert weighted_share([0.1, 0.3], [1.0, 3.0]) == 0.25
+    assert weighted_share([None, 0.3], [1.0, 3.0]) is None
+    ok = {"status": "ok", "clips_per_s": 100.0, "epoch_s": 1.0, "data_wait": 0.2, "peak_mb": 500.0, "loss": 1.0,
+          "backend": "device", "model": "cnn", "precision": "bf16"}
+    assert merge_rounds([ok | {"data_wait_device": w} for w in (0.01, 0.05, 0.03)])["data_wait_device"] == 0.03
+    cpu = merge_rounds([ok, ok])
+    assert cpu["data_wait_device"] is None
+    assert format_train_row(cpu).split()[5] == "-"
+    assert format_train_row(ok | {"data_wait_device": 0.03}).split()[5] == "3.0%"
