@@ -3,7 +3,6 @@ import contextlib
 import math
 import os
 import pickle
-import signal
 import socket
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from accelerate.utils import AutocastKwargs, broadcast_object_list, gather_objec
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from ravdess_dist import preemption
 from ravdess_dist.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ravdess_dist.config import TrainConfig, from_dict, to_dict
 from ravdess_dist.data_wait import DataWaitClock
@@ -29,19 +29,8 @@ from shards.manifest import Manifest
 from shards.splits import make_split
 
 
-class Preempted(SystemExit):
-    """Raised after a checkpoint was saved because the job got SIGTERM/SIGUSR1; exit code 128 + signal."""
-
-
-STOP = {"signal": 0}
-STOP_CHECK_EVERY = 8  # steps between looks at the preemption flag (a collective and a host sync); the last step always looks
 RESUME_KEYS = ("model", "intensity", "train_intensities", "seed", "model_args", "features", "ema_decay",
                "select", "cuda_graph")  # + actors; cuda_graph: its optimiser keeps the learning rate as a tensor
-
-
-def _on_signal(signum, _frame):
-    """Remember a preemption warning; the loop saves and stops at the next step boundary."""
-    STOP["signal"] = signum
 
 
 def cpu_has_bf16() -> bool:
@@ -158,12 +147,6 @@ def resume_state(cfg: TrainConfig, accelerator, actors) -> dict | None:
     path, state = found
     check_resumable(path, state["config"], cfg, actors)
     return state
-
-
-def stop_check_due(step: int, steps: int) -> bool:
-    """Whether step STEP (0-based) of an epoch of STEPS looks at the preemption flag: after every STOP_CHECK_EVERY-th
-    step and after the last one (the same steps on every rank, so the collective lines up)."""
-    return (step + 1) % STOP_CHECK_EVERY == 0 or step + 1 == steps
 
 
 def weights_checksum(state_dict: dict) -> float:
@@ -313,6 +296,7 @@ class Run:
                 self.model = torch.compile(self.model, backend="inductor", mode=cfg.compile)
         self.bare = acc.unwrap_model(self.model, keep_torch_compile=False)  # once: a call costs ~1.5 ms (every step)
         self.ema = average_of(self.bare, cfg.ema_decay)
+        self.stop_poll = preemption.StopPoll(acc)
         self.graphed: GraphedStep | None = None  # cuda_graph: captured at the first training step (it needs a batch)
         self.epoch, self.step_in_epoch, self.best, self.history = 0, 0, {"ua": -1.0, "epoch": -1}, []
         self.epoch_loss_sum = 0.0  # summed step losses of the epoch so far: a resumed epoch reports all its steps
@@ -412,10 +396,10 @@ class Run:
             return None
         return states[acc.process_index]
 
-    def should_stop(self) -> bool:
-        """True on every rank once any rank got a preemption signal (ranks must stop at the same step)."""
-        flag = torch.tensor([STOP["signal"]], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+    def should_stop(self, last: bool) -> bool:
+        """True on every rank, at the same step, once any rank got a preemption signal (preemption.StopPoll: no host
+        sync with one process, none on the steps' behalf with several); LAST: the epoch's last step."""
+        return self.stop_poll(last)
 
     def train_epoch(self) -> dict:
         """One pass over this rank's training batches; returns loss, clips (all processes'), seconds, clips/s and the
@@ -423,7 +407,7 @@ class Run:
         measure there; None on a CPU: ravdess_dist/data_wait.py says why they differ).
 
         No host sync per step: the loss sum stays on the device and is read once, at the end (or at a preemption); the
-        preemption flag is looked at every STOP_CHECK_EVERY steps and at the last step (stop_check_due)."""
+        preemption flag is looked at every STOP_CHECK_EVERY steps and at the last step (preemption.check_due)."""
         acc, model = self.accelerator, self.model
         model.train()
         set_seed(self.cfg.seed + 1000 * self.epoch, device_specific=True)  # the epoch replays identically on resume
@@ -446,12 +430,13 @@ class Run:
                 self.log_spectrograms(batch.features)
             loss_sum += self.train_step(batch)  # stays on the device: no sync
             self.step_in_epoch = step + 1
-            if stop_check_due(step, steps) and self.should_stop():
+            if preemption.check_due(step, steps) and self.should_stop(last=step + 1 == steps):
                 self.epoch_loss_sum = loss_sum.item()
                 self.checkpoint("last")
-                acc.print(f"signal {STOP['signal']}: checkpoint saved at epoch {self.epoch} step {self.step_in_epoch}")
+                signum = preemption.STOP["signal"]
+                acc.print(f"signal {signum}: checkpoint saved at epoch {self.epoch} step {self.step_in_epoch}")
                 acc.end_training()
-                raise Preempted(128 + max(STOP["signal"], 1))
+                raise preemption.Preempted(128 + max(signum, 1))
         clock.stop()
         self.epoch_loss_sum = loss_sum.item()  # the epoch's one host sync (it waits for the device's last step)
         elapsed = time.perf_counter() - start
@@ -537,8 +522,7 @@ class Run:
     def fit(self) -> None:
         """Train until the epoch budget or early stopping; keep as best.pt the epoch of the best validation UA (never
         test), or with select=last the last epoch (the whole schedule runs: every epoch is the newest "best")."""
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGUSR1, _on_signal)
+        preemption.listen()
         self.last_written = time.perf_counter()
         while self.running():
             train = self.train_epoch()
