@@ -5,7 +5,7 @@
 # is read there, the host's share beside it. bench-train-graph: every model's recipe with cuda_graph (mixup included).
 # scripts/device/profile_step.py: a real Run, warm-up epochs, one profiled epoch, timed epochs (loader vs step).
 source scripts/device/lib.sh
-step 90 pytest-gpu python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphed_step.py tests/test_device_path.py tests/test_data_wait.py -k "gpu"; pack prof
+step 90 pytest-gpu python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphed_step.py tests/test_device_path.py tests/test_data_wait.py tests/test_preemption.py -k "gpu"; pack prof
 step 60 prof-graph python3 scripts/device/profile_step.py --name graph cuda_graph=true; pack prof
 step 45 prof-graph-pass64 python3 scripts/device/profile_step.py --name graph-pass64 --pass 64 cuda_graph=true; pack prof
 step 90 bench-train-graph python3 -m ravdess_dist.bench train --device cuda --backends device --recipe --intensity normal --epochs 3 --config cuda_graph=true --json $R/train-cuda-graph.json; pack prof
