@@ -135,7 +135,7 @@ def test_tensorboard_has_the_expected_tags(trained):
     assert "train/data_wait_device_fraction" not in scalars  # a CPU has no GPU clock: no such curve, not zeros
 
 
-def test_a_cpu_run_reports_its_data_wait_on_the_host_clock_alone(setup):
+def test_a_cpu_run_reports_its_data_wait_on_the_host_clock_alone(trained, setup):
     """Each epoch's `data_wait` is a share of its wall time; `data_wait_device` (a GPU's clock) is None on a CPU."""
     history = metrics(setup, "base")["history"]
     assert all(0 < h["data_wait"] < 1 and h["data_wait_device"] is None for h in history)
