@@ -78,6 +78,9 @@ HELP = {
     "channels_last": "NHWC memory layout for the model's convolutions (faster on CPUs with oneDNN and on tensor cores)",
     "compile": "torch.compile the model (through Accelerate): no, default, reduce-overhead (CUDA graphs) or max-autotune",
     "cudnn_benchmark": "let cuDNN time its convolution algorithms for the fixed input shape (GPU only)",
+    "data_stream": "device backend on a GPU: compute each training pass (16 batches) on a side CUDA stream one pass "
+                   "ahead, the next epoch's first pass included, so the GPU computes features while the steps run "
+                   "(not yet measured on a GPU: off by default)",
     "cuda_graph": "capture the training step's update (forward, loss, backward, clipping, fused AdamW) once as one CUDA "
                   "graph and replay it every step: a step's host time becomes one replay (GPU only, one process, "
                   "AdamW, no ema_decay, fp16 or compile)",
@@ -139,6 +142,7 @@ class TrainConfig:
     compile: str = "no"
     cudnn_benchmark: bool = False
     cuda_graph: bool = False
+    data_stream: bool = False
     model_args: dict = field(default_factory=dict)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -194,7 +198,8 @@ def device_only_in_use(cfg: TrainConfig, eval_crops: int | None = None,
     EVAL_CROPS windows per clip and EVAL_SPEEDS views (ensembles). One list for both, so they cannot drift apart."""
     crops = eval_crops or cfg.eval_crops
     used = {"features.speech_top_db": cfg.features.speech_top_db is not None, f"eval_crops={crops}": crops > 1,
-            "speaker_norm": cfg.speaker_norm, f"eval_speeds={list(eval_speeds)}": tuple(eval_speeds) != (1.0,)}
+            "speaker_norm": cfg.speaker_norm, f"eval_speeds={list(eval_speeds)}": tuple(eval_speeds) != (1.0,),
+            "data_stream": cfg.data_stream}
     return [name for name, on in used.items() if on]
 
 

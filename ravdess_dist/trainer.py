@@ -272,7 +272,7 @@ class Run:
                 Path(cfg.shards), entries, self.classes, self.batch_size, train, cfg.features,
                 augment=cfg.augment if train else None, device=acc.device, rank=acc.process_index,
                 world_size=acc.num_processes, seed=cfg.seed, num_workers=cfg.num_workers, eval_crops=cfg.eval_crops,
-                speaker_norm=cfg.speaker_norm,
+                speaker_norm=cfg.speaker_norm, data_stream=cfg.data_stream,
                 speaker_reference=reference_entries(manifest, cfg.intensity, cfg.speaker_stats, actors)))
 
         with self.timed("setup_loaders"):  # the device backend decodes its clips here (once per process and shard)

@@ -156,17 +156,19 @@ def test_the_corpus_is_decoded_once_per_process(shards):  # noqa: F811
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
-@pytest.mark.parametrize("speaker_norm", [False, True])
-def test_training_epoch_makes_no_host_sync_on_the_gpu(shards, speaker_norm):  # noqa: F811
+@pytest.mark.parametrize("speaker_norm, data_stream", [(False, False), (True, False), (False, True), (True, True)])
+def test_training_epoch_makes_no_host_sync_on_the_gpu(shards, speaker_norm, data_stream):  # noqa: F811
     """On a GPU a training epoch of the device backend (speech spans, speed perturbation, noise, shift, SpecAugment)
-    only queues work: torch's sync debug mode turns any host sync (a blocking copy, .item(), nonzero) into an error.
-    The first batch is made before the check: its resamplers and caches warm up then."""
+    only queues work, its passes on a side stream too (data_stream): torch's sync debug mode turns any host sync (a
+    blocking copy, .item(), nonzero) into an error. The first batch is made before the check: its resamplers and
+    caches warm up then."""
     manifest = Manifest.load(shards)
     ldr = make_loader("device", root=shards, entries=manifest.select("normal"),
                       class_names=manifest.class_names("normal"), batch_size=16, train=True,
                       features=FeatureConfig(clip_seconds=1.5, speech_top_db=40.0),
                       augment=AugmentConfig(speed=(0.9, 1.0, 1.1)), device=torch.device("cuda"),
-                      speaker_norm=speaker_norm)
+                      speaker_norm=speaker_norm, data_stream=data_stream)
+    ldr.batches_per_pass = 4  # several passes an epoch on the sample's 128 clips
     next(iter(ldr))
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -221,3 +223,71 @@ def test_a_gpu_pass_finishes_its_batches_with_seeded_masks(shards):  # noqa: F81
     assert all(torch.equal(a.features, b.features) for a, b in zip(first, again))
     unmasked = epoch(plain, 4)
     assert all(not torch.equal(a.features, b.features) for a, b in zip(first, unmasked))
+
+
+def test_passes_computed_ahead_are_the_passes_computed_in_turn(shards):  # noqa: F811
+    """data_stream (each pass computed one pass ahead, the next epoch's first pass queued before an epoch's last pass
+    is handed out; forced here on the CPU, where there is no stream) gives the very batches of the plain passes, every
+    augmentation on: over epochs in a row, each after the first starting from the pass queued for it, and for an
+    epoch other than the queued one (a resumed run), which starts afresh."""
+    augment = AugmentConfig(noise_snr_db=(15.0, 30.0), time_shift_s=0.1, freq_masks=2, freq_mask_width=8,
+                            time_masks=2, time_mask_width=10, speed=(0.9, 1.0, 1.1))
+    feats = FeatureConfig(clip_seconds=1.0, speech_top_db=40.0)
+    order = [0, 1, 2, 5]
+
+    def epochs(data_stream):
+        ldr = loader("device", shards, "normal", 12, train=True, augment=augment, features=feats, num_workers=0)
+        ldr.batches_per_pass, ldr.data_stream = 4, data_stream
+        made, passes = [], ldr.passes
+        ldr.passes = lambda epoch: made.append(epoch) or passes(epoch)
+        out = []
+        for epoch in order:
+            ldr.set_epoch(epoch)
+            out.append(list(ldr))
+        return ldr, made, out
+
+    _, _, plain = epochs(False)
+    ldr, made, ahead = epochs(True)
+    assert len(plain[0]) == len(ldr) > 4  # several passes an epoch
+    assert made == [0, 1, 2, 3, 5, 6]  # epochs 1 and 2 began with the pass queued ahead; 5 afresh
+    assert ldr.ahead[0].epoch == 6
+    for first, second in zip(plain, ahead, strict=True):
+        assert [b.keys for b in first] == [b.keys for b in second]
+        assert all(torch.equal(a.labels, b.labels) and torch.equal(a.features, b.features)
+                   for a, b in zip(first, second, strict=True))
+    assert not torch.equal(plain[0][0].features, plain[1][0].features)  # the epochs differ: a real comparison
+
+
+def test_data_stream_needs_the_device_backend():
+    """data_stream is the device backend's: with another backend it is an error naming it."""
+    from ravdess_dist.config import load_config
+    assert load_config(["--backend", "device", "data_stream=true"]).data_stream is True
+    with pytest.raises(ValueError, match="data_stream need.*--backend device"):
+        load_config(["--backend", "torch", "data_stream=true"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
+def test_passes_on_the_side_stream_are_the_passes_on_the_training_stream(shards):  # noqa: F811
+    """On a GPU, data_stream's passes (computed on a side stream, one pass ahead, the next epoch's first one queued
+    early) give the same batches as the passes computed on the training stream, bit for bit, over three epochs, while
+    the training stream consumes them (each batch read there as a step would, after the loader handed it over)."""
+    manifest = Manifest.load(shards)
+    out = {}
+    for data_stream in (False, True):
+        ldr = make_loader("device", root=shards, entries=manifest.select("normal"),
+                          class_names=manifest.class_names("normal"), batch_size=16, train=True,
+                          features=FeatureConfig(clip_seconds=1.5, speech_top_db=40.0),
+                          augment=AugmentConfig(speed=(0.9, 1.0, 1.1)), device=torch.device("cuda"),
+                          data_stream=data_stream)
+        ldr.batches_per_pass = 4
+        seen = []
+        for epoch in range(3):
+            ldr.set_epoch(epoch)
+            for batch in ldr:
+                torch.cuda._sleep(1_000_000)  # a step's worth of work on the training stream first
+                seen.append((batch.keys, batch.features.clone(), batch.labels.clone()))
+        torch.cuda.synchronize()
+        out[data_stream] = seen
+    assert len(out[True]) == len(out[False]) == 3 * len(ldr)
+    for (keys, feats, labels), (keys2, feats2, labels2) in zip(out[False], out[True]):
+        assert keys == keys2 and torch.equal(feats, feats2) and torch.equal(labels, labels2)

@@ -33,7 +33,8 @@ and turned into features there.
 import contextlib
 import functools
 import itertools
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -61,6 +62,15 @@ def read_shard(path: str, sha256: str, source_rate: int, sample_rate: int, top_d
         audio = resample_pcm16(wave, source_rate, sample_rate).numpy()
         out.append((key, emotion, audio, speech_span(audio.astype(np.float32) / PCM16_SCALE, top_db, n_fft, hop)))
     return out
+
+
+@dataclass
+class Passes:
+    """One epoch's training passes: its draws (DeviceLoader.pass_draws) and its noise generator on the device."""
+
+    epoch: int
+    draws: Iterator[tuple[int, list]]
+    noise: torch.Generator
 
 
 class DeviceLoader(ShardLoader):
@@ -101,6 +111,11 @@ class DeviceLoader(ShardLoader):
         # on a GPU a step of these small models is bound by kernel launches: the data path makes its launches for
         # GPU_PASS batches at once; on the CPU batch by batch (the prefetch thread keeps a step's worth ahead)
         self.batches_per_pass = GPU_PASS if self.device.type == "cuda" else 1
+        # data_stream: passes computed one ahead on a side stream of the GPU, overlapping the steps (off by default
+        # until measured on a GPU); `ahead` holds the next epoch's producer and first pass once queued
+        self.data_stream = spec.data_stream
+        self.stream = torch.cuda.Stream(self.device) if spec.data_stream and self.device.type == "cuda" else None
+        self.ahead: tuple[Passes, tuple[list, torch.cuda.Event | None]] | None = None
         self.full_batch = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)  # a pass's `valid`: all rows
 
     def windows(self, rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
@@ -182,28 +197,104 @@ class DeviceLoader(ShardLoader):
             yield RawBatch(feats, self.emotions[rows.cpu()], part)
 
     def train_batches(self):
-        """Endless batches of this epoch's part: order, crops inside the speech span and speed factors from a seeded
-        generator (drawn batch by batch, in the same order whatever the pass size); speed perturbation, noise, shift
-        (from a seeded generator on the device) and features computed for `batches_per_pass` batches at once."""
-        keys = [k for _, ks in self.plan(self.epoch) for k in ks]
-        generator = torch.Generator().manual_seed(sub_seed(self.seed, self.epoch, self.rank))
-        noise = torch.Generator(self.device).manual_seed(sub_seed(self.seed, self.epoch, self.rank, 1))
+        """Endless batches of this epoch's part (ShardLoader.__iter__ takes len(self)): order, crops inside the speech
+        span and speed factors from a seeded generator (`pass_draws`); speed perturbation, noise, shift (from a
+        seeded generator on the device) and features computed for `batches_per_pass` batches at once. With
+        `data_stream` (a GPU) each pass is computed one pass ahead on a side stream (`overlapped_batches`)."""
+        if self.overlapped:
+            yield from self.overlapped_batches()
+            return
+        producer = self.passes(self.epoch)
+        while True:
+            yield from self.computed(producer)
+
+    @property
+    def overlapped(self) -> bool:
+        """Whether passes are computed ahead (data_stream, with passes of several batches: a GPU)."""
+        return self.data_stream and self.batches_per_pass > 1
+
+    def passes(self, epoch: int) -> "Passes":
+        """EPOCH's pass producer: its draws (`pass_draws`) and its noise generator on the device."""
+        noise = torch.Generator(self.device).manual_seed(sub_seed(self.seed, epoch, self.rank, 1))
+        return Passes(epoch, self.pass_draws(epoch), noise)
+
+    def pass_draws(self, epoch: int):
+        """Endless (pass index, draws) of EPOCH, `batches_per_pass` batches' draws at a time (fewer at the end of a
+        permutation, where the wrap-around batch takes the tail and the head of a fresh one). Each pass's index seeds
+        its SpecAugment draws on a GPU; an empty list of draws still takes its index."""
+        keys = [k for _, ks in self.plan(epoch) for k in ks]
+        generator = torch.Generator().manual_seed(sub_seed(self.seed, epoch, self.rank))
         rows_all = self.rows_of(keys)
-        length, speeds, size = self.features.num_samples, self.augment.speed if self.augment else None, self.batch_size
-        passes = itertools.count()  # each pass's index seeds its SpecAugment draws on a GPU
+        speeds, size = self.augment.speed if self.augment else None, self.batch_size
+        passes = itertools.count()
         while True:
             order, pending = rows_all[torch.randperm(len(rows_all), generator=generator)], []
             for at in range(0, len(order) - size + 1, size):
                 pending.append(self.draw(order[at:at + size], generator, speeds))
                 if len(pending) == self.batches_per_pass:
-                    yield from self.train_pass(pending, noise, length, next(passes))
+                    yield next(passes), pending
                     pending = []
-            yield from self.train_pass(pending, noise, length, next(passes))
+            yield next(passes), pending
             if len(order) % size:  # wrap around: the tail plus the head of a fresh permutation
                 tail = order[len(order) - len(order) % size:]
                 head = rows_all[torch.randperm(len(rows_all), generator=generator)][:size - len(tail)]
-                yield from self.train_pass([self.draw(torch.cat([tail, head]), generator, speeds)], noise, length,
-                                           next(passes))
+                yield next(passes), [self.draw(torch.cat([tail, head]), generator, speeds)]
+
+    def computed(self, producer: "Passes") -> list:
+        """The batches of PRODUCER's next non-empty pass, computed now (on the side stream when there is one: each
+        batch's tensors are then marked as used by the training stream, so that their memory is not reused before
+        the steps that read them ran)."""
+        index, draws = next(producer.draws)
+        while not draws:
+            index, draws = next(producer.draws)
+        with torch.cuda.stream(self.stream):  # None (no side stream): nothing changes
+            batches = list(self.train_pass(draws, producer, index))
+        if self.stream is not None:
+            main = torch.cuda.current_stream(self.device)
+            for batch in batches:
+                for tensor in (batch.features, batch.labels):
+                    tensor.record_stream(main)
+        return batches
+
+    def overlapped_batches(self):
+        """This epoch's batches with each pass computed on the side stream one pass ahead of the batches handed out:
+        the GPU computes a pass while the steps of the previous one run. Before the epoch's last pass is handed out,
+        the next epoch's first pass is queued too and kept (`self.ahead`): the epoch's one host sync then leaves it
+        running. A pass's batches go out after the training stream was told to wait for it (on the GPU, no host wait).
+        The batches are the same as without the side stream: each pass draws only from its epoch's own generators."""
+        steps, handed = len(self), 0
+        if self.ahead is not None and self.ahead[0].epoch == self.epoch:
+            (producer, current), self.ahead = self.ahead, None
+        else:  # the first epoch, or another one than was queued (a resumed run, a replay)
+            producer = self.passes(self.epoch)
+            current = self.queued(producer)
+        while True:
+            batches, ready = current
+            last = handed + len(batches) >= steps
+            if last:
+                upcoming = self.passes(self.epoch + 1)
+                self.ahead = upcoming, self.queued(upcoming)
+            else:
+                current = self.queued(producer)
+            if ready is not None:
+                torch.cuda.current_stream(self.device).wait_event(ready)
+            yield from batches
+            handed += len(batches)
+            if last:
+                return
+
+    def queued(self, producer: "Passes") -> tuple[list, torch.cuda.Event | None]:
+        """PRODUCER's next pass queued on the side stream, and an event recorded behind it (None without a stream).
+        The side stream first waits for what the training stream has queued so far (e.g. speaker_norm's statistics,
+        the steps of the pass before the one about to be handed out), then runs beside the steps queued after."""
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        batches = self.computed(producer)
+        if self.stream is None:
+            return batches, None
+        ready = torch.cuda.Event()
+        ready.record(self.stream)
+        return batches, ready
 
     @staticmethod
     def draw(rows: torch.Tensor, generator: torch.Generator, speeds) -> tuple[torch.Tensor, ...]:
@@ -213,28 +304,27 @@ class DeviceLoader(ShardLoader):
             factors = torch.tensor(speeds)[torch.randint(len(speeds), (len(rows),), generator=generator)]
         return rows, factors, torch.rand(len(rows), generator=generator)
 
-    def train_pass(self, draws: list[tuple[torch.Tensor, ...]], noise: torch.Generator, length: int, index: int):
-        """The batches of DRAWS (from `draw`), their device work done in one pass over all their clips. On a GPU the
-        pass also does `finish`'s work for all its batches at once (`finished_pass`); on the CPU finish does it."""
-        if not draws:
-            return
+    def train_pass(self, draws: list[tuple[torch.Tensor, ...]], producer: "Passes", index: int):
+        """The batches of DRAWS (from `draw`), pass INDEX of PRODUCER's epoch, their device work done in one pass over
+        all their clips. On a GPU the pass also does `finish`'s work for all its batches at once (`finished_pass`); on
+        the CPU finish does it."""
         rows, factors, positions = (torch.cat(parts) for parts in zip(*draws))
-        features = self.train_features(rows, factors, positions, noise, length)
+        features = self.train_features(rows, factors, positions, producer.noise, self.features.num_samples)
         if self.batches_per_pass > 1:
-            yield from self.finished_pass(rows, features, index)
+            yield from self.finished_pass(rows, features, producer.epoch, index)
             return
         for at in range(0, len(rows), self.batch_size):
             part = rows[at:at + self.batch_size]
             yield RawBatch(features[at:at + self.batch_size], self.emotions[part], [self.keys[j] for j in part.tolist()])
 
-    def finished_pass(self, rows: torch.Tensor, features: torch.Tensor, index: int):
+    def finished_pass(self, rows: torch.Tensor, features: torch.Tensor, epoch: int, index: int):
         """Finished training Batches of a GPU pass: the labels copied once, SpecAugment over every clip of the pass
         at once (torchaudio's masks are drawn clip by clip, so the distribution is the batch's), its draws from the
-        device's generator seeded by (seed, epoch, rank, pass INDEX) inside a fork: the masks replay on resume
+        device's generator seeded by (seed, EPOCH, rank, pass INDEX) inside a fork: the masks replay on resume
         and leave the generator that dropout draws from as it was. About 80 launches a pass instead of a batch."""
         labels = self.class_indices(self.emotions[rows]).to(self.device, non_blocking=True)
         if self.spec_augment is not None:
-            with self.forked_generator(sub_seed(self.seed, self.epoch, self.rank, 2, index)):
+            with self.forked_generator(sub_seed(self.seed, epoch, self.rank, 2, index)):
                 features = self.spec_augment(features)
         for at in range(0, len(rows), self.batch_size):
             part = rows[at:at + self.batch_size]

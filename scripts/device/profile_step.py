@@ -3,8 +3,8 @@
 For the hybrid x normal, fold 0, device backend, at the config's settings plus the given KEY=VALUE overrides (e.g.
 compile=reduce-overhead): a real `Run`, WARM epochs (compilation), then one epoch under torch.profiler (host and
 CUDA activity: the ops that cost host time, the kernels that cost GPU time, GPU busy time per step), then TIMED
-epochs without the profiler, each split into the time spent in the loader's `next` and in `train_step` (host),
-with the device's queue drained (synchronize) once per epoch. `--pass N` sets the device backend's batches per GPU
+epochs without the profiler, each split into the time spent in the loader's `next` and in `train_step` (host) and
+the data wait's share of the GPU's time (`gpu_wait_share`: the trainer's DataWaitClock), with the device's queue drained (synchronize) once per epoch. `--pass N` sets the device backend's batches per GPU
 pass. Writes OUT/NAME.json and OUT/NAME.txt (the profiler's tables). (Its first use, 2026-11-27, compared foreach
 and fused AdamW; fused is now the GPU's default.)
 
@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ravdess_dist.config import load_config
+from ravdess_dist.data_wait import DataWaitClock
 from ravdess_dist.trainer import Run
 
 CUDA = torch.cuda.is_available()
@@ -34,20 +35,24 @@ def timed_epoch(run: Run) -> dict:
     sync()
     start = time.perf_counter()
     loss = torch.zeros((), device=run.accelerator.device)
+    clock = DataWaitClock(run.accelerator.device)  # the trainer's measure of the wait on the GPU's clock
     for _ in range(steps):
         t0 = time.perf_counter()
-        batch = next(batches)
+        with clock.fetching():
+            batch = next(batches)
         t1 = time.perf_counter()
         loss += run.train_step(batch)
         stepping += time.perf_counter() - t1
         waited += t1 - t0
     t2 = time.perf_counter()
+    clock.stop()
     sync()
     drain = time.perf_counter() - t2
     run.epoch += 1
     wall = time.perf_counter() - start
     return {"steps": steps, "wall_s": wall, "ms_per_step": 1000 * wall / steps, "next_ms": 1000 * waited / steps,
-            "train_step_ms": 1000 * stepping / steps, "final_drain_ms": 1000 * drain, "loss": float(loss) / steps}
+            "train_step_ms": 1000 * stepping / steps, "final_drain_ms": 1000 * drain, "loss": float(loss) / steps,
+            "gpu_wait_share": clock.device_share()}
 
 
 def main() -> None:
