@@ -114,7 +114,8 @@ class DeviceLoader(ShardLoader):
         # data_stream: passes computed one ahead on a side stream of the GPU, overlapping the steps (off by default
         # until measured on a GPU); `ahead` holds the next epoch's producer and first pass once queued
         self.data_stream = spec.data_stream
-        self.stream = torch.cuda.Stream(self.device) if spec.data_stream and self.device.type == "cuda" else None
+        on_gpu = spec.data_stream and self.train and self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if on_gpu else None
         self.ahead: tuple[Passes, tuple[list, torch.cuda.Event | None]] | None = None
         self.full_batch = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)  # a pass's `valid`: all rows
 
