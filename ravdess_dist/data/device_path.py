@@ -20,7 +20,9 @@ and turned into features there.
   GPU_PASS batches at a time: one pass of windows, speed, noise, shift and log-mel over all their clips, so the
   launches a batch costs shrink 16-fold (at batch 32 these small models' steps are bound by kernel launches); the
   pass also labels its clips and applies SpecAugment to all of them at once, and hands over finished Batches. The
-  pass size changes only the noise, shift and mask draws, never the order, crops or speed factors.
+  pass size changes only the noise, shift and mask draws, never the order, crops or speed factors. With `data_stream`
+  (off by default until measured) each pass is computed on a side stream one pass ahead, the next epoch's first pass
+  included, so the GPU computes features while the steps run; the batches are the same.
 - Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span; each also played at
   every factor of `eval_speeds`, test-time speed views, 1.0 alone by default) are computed on the first pass and kept:
   they are the same every epoch. A batch's features are then [B, K, 1, F, T]; `evaluate` averages the K windows'
@@ -214,7 +216,7 @@ class DeviceLoader(ShardLoader):
         """Whether passes are computed ahead (data_stream, with passes of several batches: a GPU)."""
         return self.data_stream and self.batches_per_pass > 1
 
-    def passes(self, epoch: int) -> "Passes":
+    def passes(self, epoch: int) -> Passes:
         """EPOCH's pass producer: its draws (`pass_draws`) and its noise generator on the device."""
         noise = torch.Generator(self.device).manual_seed(sub_seed(self.seed, epoch, self.rank, 1))
         return Passes(epoch, self.pass_draws(epoch), noise)
@@ -241,7 +243,7 @@ class DeviceLoader(ShardLoader):
                 head = rows_all[torch.randperm(len(rows_all), generator=generator)][:size - len(tail)]
                 yield next(passes), [self.draw(torch.cat([tail, head]), generator, speeds)]
 
-    def computed(self, producer: "Passes") -> list:
+    def computed(self, producer: Passes) -> list:
         """The batches of PRODUCER's next non-empty pass, computed now (on the side stream when there is one: each
         batch's tensors are then marked as used by the training stream, so that their memory is not reused before
         the steps that read them ran)."""
@@ -284,7 +286,7 @@ class DeviceLoader(ShardLoader):
             if last:
                 return
 
-    def queued(self, producer: "Passes") -> tuple[list, torch.cuda.Event | None]:
+    def queued(self, producer: Passes) -> tuple[list, torch.cuda.Event | None]:
         """PRODUCER's next pass queued on the side stream, and an event recorded behind it (None without a stream).
         The side stream first waits for what the training stream has queued so far (e.g. speaker_norm's statistics,
         the steps of the pass before the one about to be handed out), then runs beside the steps queued after."""
@@ -305,7 +307,7 @@ class DeviceLoader(ShardLoader):
             factors = torch.tensor(speeds)[torch.randint(len(speeds), (len(rows),), generator=generator)]
         return rows, factors, torch.rand(len(rows), generator=generator)
 
-    def train_pass(self, draws: list[tuple[torch.Tensor, ...]], producer: "Passes", index: int):
+    def train_pass(self, draws: list[tuple[torch.Tensor, ...]], producer: Passes, index: int):
         """The batches of DRAWS (from `draw`), pass INDEX of PRODUCER's epoch, their device work done in one pass over
         all their clips. On a GPU the pass also does `finish`'s work for all its batches at once (`finished_pass`); on
         the CPU finish does it."""
