@@ -291,11 +291,12 @@ def weighted_share(shares: list[float | None], seconds: list[float]) -> float | 
 
 def training_row(run, timed: list[dict], memory: dict) -> dict:
     """The steady-state figures of RUN's TIMED epochs (train_epoch_timed's dicts) and the peak MEMORY over them."""
-    seconds, clips = sum(t["seconds"] for t in timed), sum(t["clips"] for t in timed)
+    spans = [t["seconds"] for t in timed]
+    seconds, clips = sum(spans), sum(t["clips"] for t in timed)
     return {"status": "ok", "clips_per_s": round(clips / seconds, 1), "epoch_s": round(seconds / len(timed), 3),
             "epochs_timed": len(timed),
-            "data_wait": round(sum(t["data_wait"] * t["seconds"] for t in timed) / seconds, 4),
-            "data_wait_device": weighted_share([t.get("data_wait_device") for t in timed], [t["seconds"] for t in timed]),
+            "data_wait": weighted_share([t["data_wait"] for t in timed], spans),
+            "data_wait_device": weighted_share([t.get("data_wait_device") for t in timed], spans),
             "loss": timed[-1]["loss"], "clips_per_epoch": timed[-1]["clips"],
             "steps_per_epoch": len(run.train_loader), "epochs_s": [round(t["seconds"], 3) for t in timed],
             "precision": run.accelerator.mixed_precision, "device": str(run.accelerator.device), **memory}
