@@ -7,9 +7,6 @@ from ravdess_dist.models import create_model, list_models
 
 torch.set_num_threads(2)
 SIZES = [(40, 282), (64, 301), (128, 301)]  # notebook MFCC, 64 and 128 mel bands at 3 s
-# every registered model with its defaults, and each model_args variant that a recipe can pick
-VARIANTS = [(name, {}) for name in list_models()] + [("hybrid", {"sequence": "ordered"})]
-IDS = [name + "".join(f"-{v}" for v in kwargs.values()) for name, kwargs in VARIANTS]
 
 
 def test_registry_lists_the_models_and_rejects_unknown():
@@ -19,13 +16,13 @@ def test_registry_lists_the_models_and_rejects_unknown():
         create_model("vgg", 8, 64, 301)
 
 
-@pytest.mark.parametrize("name, kwargs", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("num_classes", [7, 8])
 @pytest.mark.parametrize("n_bins, n_frames", SIZES)
-def test_forward_shape_and_finite_gradients(name, kwargs, num_classes, n_bins, n_frames):
+def test_forward_shape_and_finite_gradients(name, num_classes, n_bins, n_frames):
     """[B, 1, F, T] -> [B, num_classes]; every parameter gets a finite gradient."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes, n_bins, n_frames, **kwargs)
+    model = create_model(name, num_classes, n_bins, n_frames)
     logits = model(torch.randn(2, 1, n_bins, n_frames))
     assert logits.shape == (2, num_classes)
     F.cross_entropy(logits, torch.tensor([0, num_classes - 1])).backward()
@@ -33,21 +30,21 @@ def test_forward_shape_and_finite_gradients(name, kwargs, num_classes, n_bins, n
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
 
 
-@pytest.mark.parametrize("name, kwargs", VARIANTS, ids=IDS)
-def test_bf16_autocast_forward_is_finite(name, kwargs):
+@pytest.mark.parametrize("name", list_models())
+def test_bf16_autocast_forward_is_finite(name):
     """The models run under bf16 autocast (the GPU training mode) without overflow."""
-    model = create_model(name, 8, 64, 101, **kwargs).eval()
+    model = create_model(name, 8, 64, 101).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         logits = model(torch.randn(2, 1, 64, 101))
     assert logits.shape == (2, 8) and torch.isfinite(logits.float()).all()
 
 
-@pytest.mark.parametrize("name, kwargs", VARIANTS, ids=IDS)
-def test_overfits_a_small_fixed_batch(name, kwargs):
+@pytest.mark.parametrize("name", list_models())
+def test_overfits_a_small_fixed_batch(name):
     """16 random inputs with random labels reach 100 % accuracy (eval mode) within 150 Adam steps."""
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 8, (16,))
-    model = create_model(name, 8, 32, 32, **kwargs)
+    model = create_model(name, 8, 32, 32)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(150):
         model.train()
@@ -76,36 +73,6 @@ def test_hybrid_refuses_bins_not_divisible_by_heads_and_tiny_inputs():
         create_model("hybrid", 8, 42, 282)
     with pytest.raises(ValueError, match="32x32"):
         create_model("hybrid", 8, 40, 20)
-
-
-def sequence_summary(model, frames):
-    """The hybrid's Transformer-branch summary of FRAMES [B, T/4, F] (the branch as forward runs it)."""
-    if hasattr(model, "positions"):
-        return model.summary(model.transformer(frames + model.positions).transpose(1, 2))
-    return model.transformer(frames).mean(dim=1)
-
-
-@pytest.mark.parametrize("sequence, hears_order", [("notebook", False), ("ordered", True)])
-def test_hybrid_sequence_branch_hears_the_order_of_frames_only_when_ordered(sequence, hears_order):
-    """Reversing the frames leaves the notebook branch's summary unchanged (a bag of frames) and changes the ordered
-    branch's (its learned positions); the summary is what forward hands the classifier after the CNN branches."""
-    torch.manual_seed(0)
-    model = create_model("hybrid", 8, 64, 101, sequence=sequence).eval()
-    x = torch.randn(2, 1, 64, 101)
-    frames = model.time_pool(x).squeeze(1).transpose(1, 2)
-    inputs = []
-    model.classifier.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
-    with torch.no_grad():
-        model(x)
-        forward, backward = sequence_summary(model, frames), sequence_summary(model, frames.flip(1))
-    torch.testing.assert_close(inputs[0][:, -forward.shape[1]:], forward)
-    assert (not torch.allclose(forward, backward, atol=1e-4)) == hears_order
-
-
-def test_hybrid_refuses_an_unknown_sequence_branch():
-    """A misspelt model_args.sequence is an error naming the choices."""
-    with pytest.raises(ValueError, match="notebook.*ordered"):
-        create_model("hybrid", 8, 64, 101, sequence="positional")
 
 
 def test_cnn_refuses_inputs_below_16x16():

@@ -2,24 +2,14 @@
 
 At the notebook's input (40 MFCC x 282 frames, 8 classes) it has exactly 248,488 parameters; other input sizes
 change only the classifier width (computed from the input shape) and the Transformer's d_model (= feature bins).
-
-`sequence="ordered"` (a model_args option; the default "notebook" is the notebook's branch) replaces only the
-Transformer branch's reading of the frames: the notebook's encoder sees the frames without their positions (a bag of
-frames: it cannot tell rising from falling pitch), is post-norm (unstable at the recipe's learning rate without a long
-warm-up) and averages its outputs. The ordered branch adds a learned position to each frame, is pre-norm with a final
-LayerNorm, and pools by the resnet's attentive statistics (a weighted mean and deviation, so the emphatic frames
-count more). The two CNN branches and the concatenation into one linear layer are the same.
 """
 import torch
 from torch import Tensor, nn
 
 from ravdess_dist.models.registry import register_model
-from ravdess_dist.models.resnet import AttentiveStatsPool
 
 CONV_POOLS = (2, 4, 4)  # max-pool size after each conv layer of a branch
 CONV_CHANNELS = (16, 32, 64)
-TIME_POOL = 4  # the Transformer branch reads every 4th frame's maximum
-SEQUENCE_BRANCHES = ("notebook", "ordered")
 
 
 def conv_branch(dropout: float) -> nn.Sequential:
@@ -44,38 +34,25 @@ class Hybrid(nn.Module):
     """Features [B, 1, F, T] -> logits [B, num_classes]: [conv branch 1, conv branch 2, Transformer] -> one linear layer."""
 
     def __init__(self, num_classes: int, n_bins: int, n_frames: int, nhead: int = 4, num_layers: int = 4,
-                 conv_dropout: float = 0.3, transformer_dropout: float = 0.4, sequence: str = "notebook"):
-        """Sizes the classifier from the input shape; the Transformer's d_model is the number of feature bins.
-        SEQUENCE picks the Transformer branch: "notebook" (as the notebook) or "ordered" (module docstring)."""
+                 conv_dropout: float = 0.3, transformer_dropout: float = 0.4):
+        """Sizes the classifier from the input shape; the Transformer's d_model is the number of feature bins."""
         super().__init__()
         if n_bins % nhead:
             raise ValueError(f"hybrid: d_model = n_bins = {n_bins} must be divisible by nhead = {nhead}")
         if pooled(n_bins) < 1 or pooled(n_frames) < 1:
             raise ValueError(f"hybrid needs inputs of at least 32x32 (its pools shrink each axis 32-fold), "
                              f"got {n_bins}x{n_frames}")
-        if sequence not in SEQUENCE_BRANCHES:
-            raise ValueError(f"hybrid: sequence must be one of {SEQUENCE_BRANCHES}, got {sequence!r}")
         self.conv1 = conv_branch(conv_dropout)
         self.conv2 = conv_branch(conv_dropout)
-        self.time_pool = nn.MaxPool2d(kernel_size=(1, TIME_POOL), stride=(1, TIME_POOL))
-        ordered = sequence == "ordered"
+        self.time_pool = nn.MaxPool2d(kernel_size=(1, 4), stride=(1, 4))
         layer = nn.TransformerEncoderLayer(d_model=n_bins, nhead=nhead, dim_feedforward=512,
-                                           dropout=transformer_dropout, activation="relu", batch_first=True,
-                                           norm_first=ordered)
-        # enable_nested_tensor only speeds up padded batches (there are none) and warns with norm_first
-        self.transformer = nn.TransformerEncoder(layer, num_layers=num_layers, enable_nested_tensor=False,
-                                                 norm=nn.LayerNorm(n_bins) if ordered else None)
-        if ordered:  # small random positions (as ViT's): the branch starts close to the notebook's bag of frames
-            self.positions = nn.Parameter(0.02 * torch.randn(1, n_frames // TIME_POOL, n_bins))
-            self.summary = AttentiveStatsPool(n_bins)
+                                           dropout=transformer_dropout, activation="relu", batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, num_layers=num_layers)
         conv_out = CONV_CHANNELS[-1] * pooled(n_bins) * pooled(n_frames)
-        self.classifier = nn.Linear(2 * conv_out + (2 if ordered else 1) * n_bins, num_classes)
+        self.classifier = nn.Linear(2 * conv_out + n_bins, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of a batch of features."""
         frames = self.time_pool(x).squeeze(1).transpose(1, 2)  # [B, T/4, F]: a sequence of F-dim frames
-        if hasattr(self, "positions"):
-            summary = self.summary(self.transformer(frames + self.positions).transpose(1, 2))
-        else:
-            summary = self.transformer(frames).mean(dim=1)
+        summary = self.transformer(frames).mean(dim=1)
         return self.classifier(torch.cat([self.conv1(x), self.conv2(x), summary], dim=1))
