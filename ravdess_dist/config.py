@@ -75,6 +75,9 @@ HELP = {
     "speaker_stats": "with speaker_norm, each actor's statistics come from the clips being trained or scored (own: "
                      "transductive for test actors) or from that actor's clips of the other intensity, never scored "
                      "in this task (other_intensity: an enrolment set of the speaker's unlabelled audio)",
+    "speaker_adversarial": "weight of the reversed gradient from a speaker classifier of the training actors on the "
+                           "model's utterance embedding (domain-adversarial training towards features that do not "
+                           "tell the speaker: ravdess_dist/models/adversary.py; training actors' labels only); 0: off",
     "channels_last": "NHWC memory layout for the model's convolutions (faster on CPUs with oneDNN and on tensor cores)",
     "compile": "torch.compile the model (through Accelerate): no, default, reduce-overhead (CUDA graphs) or max-autotune",
     "cudnn_benchmark": "let cuDNN time its convolution algorithms for the fixed input shape (GPU only)",
@@ -138,6 +141,7 @@ class TrainConfig:
     eval_crops: int = 1
     speaker_norm: bool = False
     speaker_stats: str = "own"
+    speaker_adversarial: float = 0.0
     channels_last: bool = False
     compile: str = "no"
     cudnn_benchmark: bool = False
@@ -157,6 +161,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("lr must be > 0, label_smoothing and ema_decay in [0, 1), warmup_epochs >= 0")
+        if self.speaker_adversarial < 0:
+            raise ValueError(f"speaker_adversarial must be >= 0 (0: off), got {self.speaker_adversarial}")
         if self.checkpoint_every_s < 0:
             raise ValueError(f"checkpoint_every_s must be >= 0 (0: every epoch), got {self.checkpoint_every_s}")
         used = device_only_in_use(self)

@@ -24,6 +24,7 @@ from ravdess_dist.graphed_step import GraphedStep
 from ravdess_dist.data.contract import LoaderSpec, reference_entries
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.models import create_model
+from ravdess_dist.models.adversary import AdversarialLoss, SpeakerAdversarial, emotion_model
 from shards.atomic import write_json
 from shards.manifest import Manifest
 from shards.splits import make_split
@@ -285,11 +286,18 @@ class Run:
         with self.timed("setup_model"):
             model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames,
                                  **cfg.model_args)
+            # speaker_adversarial: each training clip's speaker, a class of the speaker classifier (training actors only)
+            speakers = {actor: i for i, actor in enumerate(sorted({e.actor for e in self.train_entries}))}
+            self.speaker_of = {key: speakers[e.actor] for e in self.train_entries for key in e.keys}
+            if cfg.speaker_adversarial:
+                model = SpeakerAdversarial(model, len(speakers), cfg.speaker_adversarial)
             if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change
                 model = model.to(memory_format=torch.channels_last)
             optimizer, self.scheduler = make_optimizer(cfg, model, len(self.train_loader), acc.device)
             weights = class_weights(self.train_entries, self.classes) if cfg.class_weights else None
             self.loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(acc.device)
+            if cfg.speaker_adversarial:  # targets become [B, 2]: emotion, speaker (train_step's `targets`)
+                self.loss_fn = AdversarialLoss(self.loss_fn)
             # the loaders already split by rank: only the model and optimizer go through prepare() (DDP), then compile
             self.model, self.optimizer = acc.prepare(model, optimizer)
             if cfg.compile != "no":  # reduce-overhead adds CUDA graphs; checkpoints keep the plain names (bare_model)
@@ -339,13 +347,14 @@ class Run:
         return {**parts, "outside_train_steps": round(wall - self.seconds.get("train_steps", 0.0), 2), "wall": round(wall, 2)}
 
     def bare_model(self) -> torch.nn.Module:
-        """The model without its DDP and torch.compile wrappers: its state dict has the plain parameter names."""
+        """The model without its DDP and torch.compile wrappers: its state dict has the plain parameter names. With
+        speaker_adversarial it holds the speaker classifier too (what the optimiser trains)."""
         return self.bare
 
     def saved_model(self) -> torch.nn.Module:
         """The weights that are validated, tested and saved as `model` (what predict and ensembles load): the moving
-        average when ema_decay > 0, else the trained model itself."""
-        return self.ema.module if self.ema is not None else self.bare_model()
+        average when ema_decay > 0, else the trained model itself; the emotion model alone (no speaker classifier)."""
+        return emotion_model(self.ema.module if self.ema is not None else self.bare_model())
 
     def evaluated_model(self) -> torch.nn.Module:
         """What validation and test run: saved_model(), without DDP and torch.compile. A forward without gradients
@@ -356,9 +365,9 @@ class Run:
     def restore(self, state: dict) -> None:
         """Load model, optimizer, scheduler, scaler, the weights' average and progress from a checkpoint."""
         if self.ema is not None:  # `model` holds the average, `train_model` the weights the optimiser works on
-            self.ema.module.load_state_dict(state["model"])
+            emotion_model(self.ema.module).load_state_dict(state["model"])
             self.ema.n_averaged.fill_(state["ema_updates"])
-        self.bare_model().load_state_dict(state["train_model"] if self.ema is not None else state["model"])
+        self.bare_model().load_state_dict(state["train_model"] if "train_model" in state else state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.cfg.cuda_graph:  # checkpoints load on the CPU; the graph's fused AdamW reads its rate on the device
@@ -378,10 +387,12 @@ class Run:
         if not self.accelerator.is_main_process:
             return
         scaler = self.accelerator.scaler
-        average = {} if self.ema is None else {"train_model": self.bare_model().state_dict(),
-                                               "ema_updates": int(self.ema.n_averaged)}
+        # `train_model`: the weights the optimiser works on, where `model` is something else (the moving average, or
+        # the emotion model without speaker_adversarial's classifier)
+        trained = {} if self.saved_model() is self.bare_model() else {"train_model": self.bare_model().state_dict()}
+        average = {} if self.ema is None else {"ema_updates": int(self.ema.n_averaged)}
         save_checkpoint(self.run_dir / f"{name}.pt", {
-            "model": self.saved_model().state_dict(), **average,
+            "model": self.saved_model().state_dict(), **trained, **average,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng,
             "epoch": self.epoch, "step": self.step_in_epoch, "epoch_loss_sum": self.epoch_loss_sum,
@@ -448,19 +459,30 @@ class Run:
     def train_step(self, batch) -> torch.Tensor:
         """One optimiser step on BATCH: `update` (or, with cuda_graph, the replay of its CUDA graph), then the LR
         schedule and the weights' moving average; returns the loss, on the device."""
-        mix = mixup_draws(self.cfg.augment.mixup_alpha, batch.labels)
+        targets = self.targets(batch)
+        mix = mixup_draws(self.cfg.augment.mixup_alpha, targets)
         if self.cfg.cuda_graph:
-            inputs = (batch.features, batch.labels, *graph_inputs(mix))
+            inputs = (batch.features, targets, *graph_inputs(mix))
             if self.graphed is None:
                 self.graphed = GraphedStep(self.update, inputs, self.bare_model(), self.optimizer)
             loss = self.graphed(*inputs)  # writes the gradients afresh: no zero_grad
         else:
-            loss = self.update(batch.features, batch.labels, *mix)
+            loss = self.update(batch.features, targets, *mix)
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.bare_model())
         return loss
+
+    def targets(self, batch) -> torch.Tensor:
+        """The loss's targets of BATCH: its emotion labels [B]; with speaker_adversarial [B, 2], each clip's speaker
+        (looked up by key on the host, copied without blocking) beside its emotion."""
+        if not self.cfg.speaker_adversarial:
+            return batch.labels
+        speakers = torch.tensor([self.speaker_of[key] for key in batch.keys], dtype=torch.int64)
+        if batch.labels.device.type == "cuda":
+            speakers = speakers.pin_memory()
+        return torch.stack([batch.labels, speakers.to(batch.labels.device, non_blocking=True)], dim=1)
 
     def update(self, x: torch.Tensor, y: torch.Tensor, lam: float | torch.Tensor | None = None,
                pair: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,6 +26,19 @@ class CNN(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(channels[-1], num_classes))
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of the utterance embedding: the last block's channels."""
+        return self.head[-1].in_features
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The utterance embedding [B, embed_dim]: the last block's channels averaged over bands and frames."""
+        return self.head[:2](self.features(x))
+
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits of utterance embeddings (dropout, linear)."""
+        return self.head[2:](embedding)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits of a batch of features."""
-        return self.head(self.features(x))
+        return self.classify(self.embed(x))

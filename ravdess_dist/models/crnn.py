@@ -44,12 +44,21 @@ class CRNN(nn.Module):
         self.rnn = nn.GRU(embed, hidden, batch_first=True, bidirectional=True)
         self.pool = AttentiveStatsPool(2 * hidden)
         self.head = nn.Sequential(nn.BatchNorm1d(4 * hidden), nn.Dropout(dropout), nn.Linear(4 * hidden, num_classes))
+        self.embed_dim = 4 * hidden
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits of a batch of features."""
+    def embed(self, x: Tensor) -> Tensor:
+        """The utterance embedding [B, embed_dim] of a batch of features: the GRU states' pooled statistics."""
         h = self.frames(self.convs(x).flatten(1, 2))  # bands folded into channels: [B, embed, T']
         # The GRU runs in float32 outside autocast: a recurrence compounds its rounding step by step, and bf16 buys no
         # speed for it here (40 ms per batch of 32, forward and backward, either way on the 2-core CPU).
         with torch.autocast(device_type=x.device.type, enabled=False):
             states, _ = self.rnn(h.float().transpose(1, 2).contiguous())  # [B, T', 2 * hidden]
-        return self.head(self.pool(states.transpose(1, 2)))
+        return self.pool(states.transpose(1, 2))
+
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits of utterance embeddings."""
+        return self.head(embedding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch of features."""
+        return self.classify(self.embed(x))

@@ -51,8 +51,21 @@ class Hybrid(nn.Module):
         conv_out = CONV_CHANNELS[-1] * pooled(n_bins) * pooled(n_frames)
         self.classifier = nn.Linear(2 * conv_out + n_bins, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits of a batch of features."""
+    @property
+    def embed_dim(self) -> int:
+        """Width of the utterance embedding: both conv branches' flattened maps and the Transformer's summary."""
+        return self.classifier.in_features
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The utterance embedding [B, embed_dim]: the branches' outputs side by side."""
         frames = self.time_pool(x).squeeze(1).transpose(1, 2)  # [B, T/4, F]: a sequence of F-dim frames
         summary = self.transformer(frames).mean(dim=1)
-        return self.classifier(torch.cat([self.conv1(x), self.conv2(x), summary], dim=1))
+        return torch.cat([self.conv1(x), self.conv2(x), summary], dim=1)
+
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits of utterance embeddings (the one linear layer)."""
+        return self.classifier(embedding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch of features."""
+        return self.classify(self.embed(x))

@@ -1,6 +1,8 @@
 """Model registry (timm-style): `@register_model("name")` adds a model class, `create_model` builds one by name.
 
-Every model maps features [B, 1, n_bins, n_frames] to logits [B, num_classes] (softmax belongs to the loss).
+Every model maps features [B, 1, n_bins, n_frames] to logits [B, num_classes] (softmax belongs to the loss), in
+two halves: `embed(x)` -> the utterance embedding [B, embed_dim], `classify(embedding)` -> logits (what
+models.adversary's speaker classifier hangs between).
 This module imports no model: the model modules import it, and the package imports them (one direction only).
 """
 from torch import nn

@@ -65,9 +65,18 @@ class ResNetASP(nn.Module):
                                     nn.ReLU(inplace=True))
         self.pool = AttentiveStatsPool(embed)
         self.head = nn.Sequential(nn.BatchNorm1d(2 * embed), nn.Dropout(dropout), nn.Linear(2 * embed, num_classes))
+        self.embed_dim = 2 * embed
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The utterance embedding [B, embed_dim] of a batch of features: the pooled statistics."""
+        h = self.stages(self.stem(x))  # [B, C, F', T']
+        h = self.frames(h.flatten(1, 2))  # bands folded into channels: [B, embed, T']
+        return self.pool(h)
+
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits of utterance embeddings."""
+        return self.head(embedding)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of a batch of features."""
-        h = self.stages(self.stem(x))  # [B, C, F', T']
-        h = self.frames(h.flatten(1, 2))  # bands folded into channels: [B, embed, T']
-        return self.head(self.pool(h))
+        return self.classify(self.embed(x))
