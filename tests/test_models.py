@@ -31,6 +31,19 @@ def test_forward_shape_and_finite_gradients(name, num_classes, n_bins, n_frames)
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_embed_then_classify_is_the_forward(name):
+    """Every model splits into embed (an utterance embedding of embed_dim) and classify: their composition is forward
+    (what the speaker classifier of models.adversary hangs between)."""
+    torch.manual_seed(0)
+    model = create_model(name, 8, 64, 101).eval()
+    x = torch.randn(3, 1, 64, 101)
+    with torch.no_grad():
+        embedding = model.embed(x)
+        assert embedding.shape == (3, model.embed_dim)
+        assert torch.equal(model.classify(embedding), model(x))
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_bf16_autocast_forward_is_finite(name):
     """The models run under bf16 autocast (the GPU training mode) without overflow."""
     model = create_model(name, 8, 64, 101).eval()

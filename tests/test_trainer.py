@@ -221,6 +221,33 @@ def test_device_backend_with_every_lever_resumes_exactly(setup):
     assert a["test_weight_checksums"] == b["test_weight_checksums"]  # the same average after the resume
 
 
+def test_speaker_adversarial_saves_the_plain_model_and_resumes_exactly(setup):
+    """speaker_adversarial: the checkpoints' `model` is the plain emotion model (it loads strictly into the registered
+    model, what predict and ensembles do), `train_model` holds the speaker classifier the optimiser trains, one class per
+    training actor. SIGTERM in epoch 1, resume: every loss, the weights (speaker classifier included) and the test
+    metrics of the uninterrupted run, exactly."""
+    levers = ("--backend", "device", "speaker_adversarial=0.5", "augment.mixup_alpha=0.2")
+    full = train(setup, "adv-full", "--epochs", "3", *levers)
+    assert full.returncode == 0, full.stderr[-3000:]
+    a = metrics(setup, "adv-full")
+    assert all(math.isfinite(h["loss"]) for h in a["history"])
+    best = load_checkpoint(setup[0] / "models/adv-full/best.pt")
+    classes = len(best["classes"])
+    plain = create_model("hybrid", classes, TINY["features"]["n_mels"], load_config(
+        train_args(*setup, "x")).features.num_frames)
+    plain.load_state_dict(best["model"])  # strict: no speaker classifier in `model`
+    head = {k: v for k, v in best["train_model"].items() if k.startswith("speaker_head.")}
+    assert head["speaker_head.2.weight"].shape[0] == len(a["split"]["train"])
+    assert a["test_weight_checksums"] == [weights_checksum(best["model"])]
+    cut = train(setup, "adv-cut", "--epochs", "3", *levers, signal_at=(8 + 3, "SIGTERM", 2))
+    assert cut.returncode == 143, cut.stderr[-2000:]
+    resumed = train(setup, "adv-cut", "--epochs", "3", *levers, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    b = metrics(setup, "adv-cut")
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert a["weight_checksums"] == b["weight_checksums"] and a["test"] == b["test"]
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_continues(setup):
     """SIGTERM (a cluster's preemption) mid-epoch: checkpoint at the next step that looks at the flag, exit 143,
     resume finishes the run."""
