@@ -298,7 +298,7 @@ def training_row(run, timed: list[dict], memory: dict) -> dict:
             "data_wait": weighted_share([t["data_wait"] for t in timed], spans),
             "data_wait_device": weighted_share([t.get("data_wait_device") for t in timed], spans),
             "loss": timed[-1]["loss"], "clips_per_epoch": timed[-1]["clips"],
-            "steps_per_epoch": len(run.train_loader), "epochs_s": [round(t["seconds"], 3) for t in timed],
+            "steps_per_epoch": len(run.train_loader), "epochs_s": [round(s, 3) for s in spans],
             "precision": run.accelerator.mixed_precision, "device": str(run.accelerator.device), **memory}
 
 
