@@ -286,10 +286,9 @@ class Run:
         with self.timed("setup_model"):
             model = create_model(cfg.model, len(self.classes), cfg.features.num_bins, cfg.features.num_frames,
                                  **cfg.model_args)
-            # speaker_adversarial: each training clip's speaker, a class of the speaker classifier (training actors only)
-            speakers = {actor: i for i, actor in enumerate(sorted({e.actor for e in self.train_entries}))}
-            self.speaker_of = {key: speakers[e.actor] for e in self.train_entries for key in e.keys}
-            if cfg.speaker_adversarial:
+            if cfg.speaker_adversarial:  # each training clip's speaker: a class of the speaker classifier
+                speakers = {actor: i for i, actor in enumerate(sorted({e.actor for e in self.train_entries}))}
+                self.speaker_of = {key: speakers[e.actor] for e in self.train_entries for key in e.keys}
                 model = SpeakerAdversarial(model, len(speakers), cfg.speaker_adversarial)
             if cfg.channels_last:  # the [B, 1, F, T] inputs are NHWC already (one channel): only the weights change
                 model = model.to(memory_format=torch.channels_last)
