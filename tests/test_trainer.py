@@ -232,9 +232,8 @@ def test_speaker_adversarial_saves_the_plain_model_and_resumes_exactly(setup):
     a = metrics(setup, "adv-full")
     assert all(math.isfinite(h["loss"]) for h in a["history"])
     best = load_checkpoint(setup[0] / "models/adv-full/best.pt")
-    classes = len(best["classes"])
-    plain = create_model("hybrid", classes, TINY["features"]["n_mels"], load_config(
-        train_args(*setup, "x")).features.num_frames)
+    cfg = load_config(train_args(*setup, "adv-full"))
+    plain = create_model(cfg.model, len(best["classes"]), cfg.features.num_bins, cfg.features.num_frames)
     plain.load_state_dict(best["model"])  # strict: no speaker classifier in `model`
     head = {k: v for k, v in best["train_model"].items() if k.startswith("speaker_head.")}
     assert head["speaker_head.2.weight"].shape[0] == len(a["split"]["train"])
