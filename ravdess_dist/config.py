@@ -169,6 +169,9 @@ class TrainConfig:
         if used and self.backend != "device":
             raise ValueError(f"{', '.join(used)} need(s) --backend device (the {self.backend} backend does not "
                              f"implement it)")
+        if self.features.pitch_bins and self.backend == "dali":
+            raise ValueError("features.pitch_bins needs the waveform, which the DALI backend turns into a mel "
+                             "spectrogram on its own: use --backend device or torch")
         if self.augment.speed is not None and self.backend == "torch":
             raise ValueError("augment.speed needs --backend device or dali (the torch backend does not implement it)")
         if self.backend == "dali" and self.train_intensities == "both" and self.intensity == "strong":

@@ -5,6 +5,8 @@ Shapes: waveforms are [B, N] float; features are [B, 1, F, T] (one channel, F bi
 from dataclasses import dataclass
 from typing import Literal
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,9 @@ class FeatureConfig:
     speech_top_db (None: off) finds each clip's speech span, the frames within that many dB of its loudest frame
     (librosa.effects.trim): training crops are drawn inside it and evaluation windows cover it (device backend,
     predict), instead of windows that are a third silence.
+    pitch_bins > 0 (0: off) appends that many rows of pitch salience to the features (`Periodicity`): each frame's
+    normalised autocorrelation at periods log-spaced from pitch_fmax down to pitch_fmin, a ridge at the voice's F0 that
+    a 25 ms mel spectrogram does not resolve (device and torch backends: it needs the waveform).
     """
 
     kind: str = "logmel"
@@ -46,6 +51,9 @@ class FeatureConfig:
     clip_seconds: float = 3.0
     normalize: Literal["bands", "clip", "none", True, False] = "bands"  # true/false: earlier versions' settings
     speech_top_db: float | None = None
+    pitch_bins: int = 0
+    pitch_fmin: float = 60.0
+    pitch_fmax: float = 500.0
 
     def __post_init__(self):
         """Refuse settings the front end cannot honour, before any model is sized from them."""
@@ -59,6 +67,9 @@ class FeatureConfig:
             raise ValueError(f"features.win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
         if self.speech_top_db is not None and self.speech_top_db <= 0:
             raise ValueError(f"features.speech_top_db must be positive (dB below the peak), got {self.speech_top_db}")
+        if self.pitch_bins < 0 or not 0 < self.pitch_fmin < self.pitch_fmax <= self.sample_rate / 2:
+            raise ValueError(f"features.pitch_bins must be >= 0 (0: off) and 0 < pitch_fmin < pitch_fmax <= "
+                             f"sample_rate / 2, got {self.pitch_bins}, {self.pitch_fmin}, {self.pitch_fmax}")
         if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError(f"features.n_mfcc ({self.n_mfcc}) must not exceed n_mels ({self.n_mels})")
 
@@ -74,15 +85,73 @@ class FeatureConfig:
 
     @property
     def num_bins(self) -> int:
-        """Feature bins F: mel bands for log-mel, coefficients for MFCC."""
-        return self.n_mels if self.kind == "logmel" else self.n_mfcc
+        """Feature bins F: mel bands for log-mel, coefficients for MFCC, then the pitch rows."""
+        return (self.n_mels if self.kind == "logmel" else self.n_mfcc) + self.pitch_bins
+
+
+def smooth_size(n: int) -> int:
+    """The smallest FFT size >= N with no prime factor above 5 (fast for every FFT library; a power of two can cost
+    twice the work)."""
+    size = n
+    while True:
+        rest = size
+        for p in (2, 3, 5):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:
+            return size
+        size += 1
+
+
+class Periodicity(nn.Module):
+    """Waveforms [B, N] -> pitch salience [B, bins, T] in float32, framed like the spectrogram (centred, hop_length).
+
+    Each frame's normalised autocorrelation by Boersma's method (1993, Praat's pitch tracker): the frame less its mean,
+    Hann-windowed, its autocorrelation (an FFT) over its energy, divided by the window's own normalised
+    autocorrelation; read (linear interpolation) at BINS periods log-spaced between 1/pitch_fmax and 1/pitch_fmin, rows
+    from the lowest frequency up. A voiced frame shows a ridge near 1 at its F0 (and at its sub-harmonics F0/2, F0/3,
+    ...); noise and silence stay near 0. Frames span three periods of pitch_fmin (800 samples, 50 ms, at 16 kHz and
+    60 Hz). It depends on neither gain nor spectral tilt, so it is not normalised further.
+    """
+
+    def __init__(self, cfg: FeatureConfig):
+        """The frame, the FFT size that keeps the longest period free of wrap-around, the window's autocorrelation
+        and the interpolation of each row's period."""
+        super().__init__()
+        self.hop = cfg.hop_length
+        self.frame = 2 * math.ceil(1.5 * cfg.sample_rate / cfg.pitch_fmin)  # three periods of the lowest pitch
+        periods = cfg.sample_rate / np.geomspace(cfg.pitch_fmin, cfg.pitch_fmax, cfg.pitch_bins)  # samples, row order
+        self.longest = math.ceil(periods.max()) + 1
+        self.n_fft = smooth_size(self.frame + self.longest)
+        window = torch.hann_window(self.frame, periodic=False, dtype=torch.float64)
+        self.register_buffer("window", window.float())
+        self.register_buffer("window_ac", self.autocorrelation(window[None])[0].float())
+        lower = np.floor(periods).astype(np.int64)
+        self.register_buffer("lower", torch.from_numpy(lower))
+        self.register_buffer("frac", torch.from_numpy(periods - lower).float())
+
+    def autocorrelation(self, frames: Tensor) -> Tensor:
+        """Lags 0 .. longest of each frame's autocorrelation [..., longest + 1], over its lag-0 value (0 if silent)."""
+        spec = torch.fft.rfft(frames, n=self.n_fft)
+        ac = torch.fft.irfft(spec.real.square() + spec.imag.square(), n=self.n_fft)[..., :self.longest + 1]
+        return ac / ac[..., :1].clamp_min(torch.finfo(ac.dtype).tiny)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """Salience [B, bins, T] of waveforms [B, N]; T = 1 + N // hop_length, as the spectrogram's."""
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            frames = F.pad(wave.float(), (self.frame // 2, self.frame // 2)).unfold(-1, self.frame, self.hop)
+            frames = (frames - frames.mean(dim=-1, keepdim=True)) * self.window
+            r = self.autocorrelation(frames) / self.window_ac  # [B, T, longest + 1]
+            salience = torch.lerp(r[..., self.lower], r[..., self.lower + 1], self.frac)
+            return salience.clamp(-1.0, 1.0).transpose(1, 2)
 
 
 class Frontend(nn.Module):
     """Waveforms [B, N] -> features [B, 1, F, T], always in float32 (fp16 log-mel overflows), even under autocast.
 
-    `forward` = `log_mel` then `finish`. A backend that already has dB mel spectrograms (DALI) calls `finish` alone,
-    so both backends share the MFCC step and the normalisation.
+    `forward` = `log_mel` then `finish`, then the pitch rows (`Periodicity`) if on. A backend that already has dB mel
+    spectrograms (DALI) calls `finish` alone, so both backends share the MFCC step and the normalisation (and DALI
+    refuses pitch rows, which need the waveform).
     """
 
     def __init__(self, cfg: FeatureConfig):
@@ -98,6 +167,7 @@ class Frontend(nn.Module):
         self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=cfg.top_db)  # floor: amin=1e-10
         if cfg.kind == "mfcc":  # the DCT torchaudio.transforms.MFCC uses, kept apart so `finish` can apply it to DALI's mel
             self.register_buffer("dct", torchaudio.functional.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho"))
+        self.periodicity = Periodicity(cfg) if cfg.pitch_bins else None
 
     def mel(self, wave: Tensor) -> Tensor:
         """Mel power spectrogram [B, 1, n_mels, T] of waveforms [B, N].
@@ -124,12 +194,19 @@ class Frontend(nn.Module):
                 x = F.layer_norm(x, x.shape[-2:])
             return x.unsqueeze(1)
 
+    def features(self, wave: Tensor) -> Tensor:
+        """The normalised log-mel (or MFCC) [B, 1, F, T] of waveforms [B, N], followed by the pitch rows if on."""
+        x = self.finish(self.log_mel(wave))
+        if self.periodicity is None:
+            return x
+        return torch.cat([x, self.periodicity(wave).unsqueeze(1)], dim=2)
+
     def forward(self, wave: Tensor) -> Tensor:
         """Features [B, 1, F, T] of waveforms [B, N]; on a CPU CPU_CHUNK clips a pass (every step is per clip, so the
         features are the same)."""
         if wave.device.type == "cpu" and len(wave) > CPU_CHUNK:
-            return torch.cat([self.finish(self.log_mel(part)) for part in wave.split(CPU_CHUNK)])
-        return self.finish(self.log_mel(wave))
+            return torch.cat([self.features(part) for part in wave.split(CPU_CHUNK)])
+        return self.features(wave)
 
 
 def crop_starts(lengths: Tensor, length: int, train: bool, generator: torch.Generator | None = None) -> Tensor:

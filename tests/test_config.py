@@ -271,6 +271,7 @@ def test_precedence_for_sections_and_model_args(yaml_file):
     (["backend=torch", "eval_crops=3"], ["eval_crops=3", "--backend device", "torch backend"]),
     (["backend=dali", "speaker_norm=true", "features.speech_top_db=40"], ["features.speech_top_db, speaker_norm",
                                                                           "dali backend"]),
+    (["backend=dali", "features.pitch_bins=16"], ["features.pitch_bins", "waveform", "--backend device or torch"]),
     (["select=best", "--no-validation"], ["--no-validation", "--select last"]),
     (["speaker_stats=other_intensity"], ["speaker_stats=other_intensity", "speaker_norm=true"]),
     (["speaker_stats=mine"], ["speaker_stats", "other_intensity", "'mine'"]),

@@ -127,6 +127,16 @@ def test_features_on_the_device_equal_features_in_the_workers(shards, train):
         torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=0)
 
 
+def test_pitch_rows_are_the_same_on_the_device_and_torch_paths(shards):
+    """features.pitch_bins: both waveform backends give every clip the same log-mel and pitch rows (F = 64 + 16)."""
+    feats = FeatureConfig(pitch_bins=16)
+    got = {b: collect(loader(b, shards, "strong", 28, features=feats)) for b in ("torch", "device")}
+    assert set(got["torch"]) == set(got["device"])
+    for key, (features, _) in got["torch"].items():
+        assert features.shape == (1, 64 + 16, feats.num_frames)
+        torch.testing.assert_close(got["device"][key][0], features, atol=1e-4, rtol=0)
+
+
 def test_training_augments_reshuffles_and_replays(shards):
     """Training: full valid batches; the same epoch replays identically, another epoch reorders; augmentation
     changes the features (same clips in the same order)."""

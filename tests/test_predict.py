@@ -66,3 +66,17 @@ def test_speaker_norm_model_needs_and_uses_the_speakers_audio(setup, two_seeds, 
     assert sum(json.loads(out.stdout)["probabilities"].values()) == pytest.approx(1, abs=1e-3)
     unused = run_python(["-m", "ravdess_dist.predict", str(two_seeds[0]), str(clips[0]), "--speaker-audio", str(clips[1])])
     assert unused.returncode == 2 and "only used by models trained with speaker_norm" in unused.stderr
+
+
+def test_pitch_rows_train_and_predict(setup, tmp_path):
+    """features.pitch_bins end to end: a device-backend run sizes its model for the extra rows, and predict rebuilds
+    the same front end from the checkpoint's config (a mismatch would fail to load or to run the model)."""
+    proc = run_train(setup, "pitch-predict", "--epochs", "1", "--backend", "device", "features.pitch_bins=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = setup[0] / "models/pitch-predict"
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, tone(0.7, 16000, 200), 16000)
+    proc = run_python(["-m", "ravdess_dist.predict", str(run), str(wav), "--json"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sum(json.loads(proc.stdout)["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    assert torch.load(run / "best.pt", weights_only=False)["config"]["features"]["pitch_bins"] == 8
