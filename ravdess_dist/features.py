@@ -2,10 +2,9 @@
 
 Shapes: waveforms are [B, N] float; features are [B, 1, F, T] (one channel, F bins, T frames), ready for the models.
 """
+import math
 from dataclasses import dataclass
 from typing import Literal
-
-import math
 
 import numpy as np
 import torch
@@ -90,8 +89,8 @@ class FeatureConfig:
 
 
 def smooth_size(n: int) -> int:
-    """The smallest FFT size >= N with no prime factor above 5 (fast for every FFT library; a power of two can cost
-    twice the work)."""
+    """The smallest FFT size >= N with no prime factor above 5: fast in every FFT library, and up to half the work of
+    the next power of two (1080 against 2048 for the default pitch rows)."""
     size = n
     while True:
         rest = size
