@@ -1,4 +1,5 @@
-"""On-device feature front end: fixed-length crops of waveforms, then log-mel or MFCC features (pitch salience rows after them if asked) in float32.
+"""On-device feature front end: fixed-length crops of waveforms, then log-mel or MFCC features in float32 (pitch
+salience rows after them if asked).
 
 Shapes: waveforms are [B, N] float; features are [B, 1, F, T] (one channel, F bins, T frames), ready for the models.
 """
