@@ -266,14 +266,46 @@ def test_data_stream_needs_the_device_backend():
         load_config(["--backend", "torch", "data_stream=true"])
 
 
+def test_every_pass_size_has_its_fft_plans_made_before_it_is_queued(shards):  # noqa: F811
+    """data_stream (forced here on the CPU, which has no side stream): every pass the loader computes, full, the
+    epoch's short last one and the wrap-around's single batch, is of a size whose FFTs were run on the training stream
+    before (DeviceLoader.plan_ffts). On a GPU a cuFFT plan first made inside a pass on the side stream is set up on the
+    default stream behind the queued steps and can run before its set-up (an H100, 2026-11-28: illegal memory accesses
+    in 9 of 24 CV folds sharing the GPU, none in 12 with the plans made first)."""
+    manifest = Manifest.load(shards)
+    ldr = make_loader("device", root=shards, entries=manifest.select("normal"),
+                      class_names=manifest.class_names("normal"), batch_size=12, train=True,
+                      features=FeatureConfig(clip_seconds=1.5, speech_top_db=40.0),
+                      augment=AugmentConfig(speed=(0.9, 1.0, 1.1)), device=torch.device("cpu"), data_stream=True)
+    ldr.batches_per_pass = 4
+    computed, unplanned, compute = [], [], ldr.train_features
+
+    def spied(rows, *args):
+        computed.append(len(rows))
+        if len(rows) not in ldr.planned:
+            unplanned.append(len(rows))
+        return compute(rows, *args)
+
+    ldr.train_features = spied
+    for epoch in range(3):
+        ldr.set_epoch(epoch)
+        list(ldr)
+    assert len(set(computed)) >= 2 and not unplanned, (sorted(set(computed)), unplanned)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
 def test_passes_on_the_side_stream_are_the_passes_on_the_training_stream(shards):  # noqa: F811
     """On a GPU, data_stream's passes (computed on a side stream, one pass ahead, the next epoch's first one queued
     early) give the same batches as the passes computed on the training stream, bit for bit, over three epochs, while
-    the training stream consumes them (each batch read there as a step would, after the loader handed it over)."""
+    the training stream consumes them (each batch read there as a step would, after the loader handed it over).
+    The side stream goes first, with no cuFFT plan made yet and the training stream busy as each epoch starts: a plan
+    first made on the side stream is set up on the default stream, behind that work, and a pass could run before its
+    set-up (DeviceLoader.plan_ffts). One process alone did not hit that race on an H100 with plan_ffts switched off
+    (2026-11-28; six CV folds sharing the GPU did): the test above checks that the plans are made first."""
     manifest = Manifest.load(shards)
     out = {}
-    for data_stream in (False, True):
+    torch.backends.cuda.cufft_plan_cache.clear()
+    for data_stream in (True, False):
         ldr = make_loader("device", root=shards, entries=manifest.select("normal"),
                           class_names=manifest.class_names("normal"), batch_size=16, train=True,
                           features=FeatureConfig(clip_seconds=1.5, speech_top_db=40.0),
@@ -283,6 +315,7 @@ def test_passes_on_the_side_stream_are_the_passes_on_the_training_stream(shards)
         seen = []
         for epoch in range(3):
             ldr.set_epoch(epoch)
+            torch.cuda._sleep(200_000_000)  # the training stream busy (~0.1 s) as the epoch's passes are queued
             for batch in ldr:
                 torch.cuda._sleep(1_000_000)  # a step's worth of work on the training stream first
                 seen.append((batch.keys, batch.features.clone(), batch.labels.clone()))

@@ -119,6 +119,7 @@ class DeviceLoader(ShardLoader):
         on_gpu = spec.data_stream and self.train and self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if on_gpu else None
         self.ahead: tuple[Passes, tuple[list, torch.cuda.Event | None]] | None = None
+        self.planned: set[int] = set()  # pass sizes (clips) whose cuFFT plans exist (`plan_ffts`)
         self.full_batch = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)  # a pass's `valid`: all rows
 
     def windows(self, rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
@@ -266,6 +267,7 @@ class DeviceLoader(ShardLoader):
         running. A pass's batches go out after the training stream was told to wait for it (on the GPU, no host wait).
         The batches are the same as without the side stream: each pass draws only from its epoch's own generators."""
         steps, handed = len(self), 0
+        self.plan_ffts()
         if self.ahead is not None and self.ahead[0].epoch == self.epoch:
             (producer, current), self.ahead = self.ahead, None
         else:  # the first epoch, or another one than was queued (a resumed run, a replay)
@@ -285,6 +287,23 @@ class DeviceLoader(ShardLoader):
             handed += len(batches)
             if last:
                 return
+
+    def plan_ffts(self) -> None:
+        """The cuFFT plans of every pass size the side stream can compute (1 to `batches_per_pass` batches), made on the
+        training stream before any pass is queued there.
+
+        Why: cuFFT sets a new plan up with work queued on the GPU's default stream (the training stream here), which a
+        side stream does not wait for. A plan first made inside a pass on the side stream could run before its set-up
+        ran: on an H100, six CV folds sharing the GPU (their default streams long queues of steps) hit illegal memory
+        accesses in epoch 0 as a pass of a size not seen before was queued, 3 to 6 folds of 12 (2026-11-28). Made here,
+        a plan's set-up precedes the passes that use it, which wait for the training stream (`queued`); nothing here
+        waits for the GPU. The frontend's other FFTs (`features.pitch_bins`) are planned by the same call."""
+        with torch.no_grad():
+            for batches in range(1, self.batches_per_pass + 1):
+                size = batches * self.batch_size
+                if size not in self.planned:
+                    self.frontend(torch.zeros(size, self.features.num_samples, device=self.device))
+                    self.planned.add(size)
 
     def queued(self, producer: Passes) -> tuple[list, torch.cuda.Event | None]:
         """PRODUCER's next pass queued on the side stream, and an event recorded behind it (None without a stream).

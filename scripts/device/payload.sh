@@ -20,7 +20,8 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
 $PY scripts/device/shardpack.py pack working_directory/shards .devpay/shards
 
 # DALI as installed here, without the other Pythons' extension modules and the C++ headers: 435 MB, 132 MB as xz
-tar cf - -C "$SITE" --exclude=__pycache__ --exclude=nvidia/dali/include \
+# (DALI=0 skips it: the device path's runs need none)
+[ "${DALI:-1}" = 0 ] || tar cf - -C "$SITE" --exclude=__pycache__ --exclude=nvidia/dali/include \
     --exclude='*cpython-39*' --exclude='*cpython-310*' --exclude='*cpython-311*' --exclude='*cpython-313*' \
     --exclude='*cpython-314*' --exclude='*cpython-315*' nvidia/dali "$(basename "$SITE"/nvidia_dali_cuda*.dist-info)" \
   | xz -9 -T0 | split -b 16M -d - .devpay/dali/dali.tar.xz.part
