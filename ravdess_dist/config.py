@@ -83,10 +83,11 @@ HELP = {
     "cudnn_benchmark": "let cuDNN time its convolution algorithms for the fixed input shape (GPU only)",
     "data_stream": "device backend on a GPU: compute each training pass (16 batches) on a side CUDA stream one pass "
                    "ahead, the next epoch's first pass included, so the GPU computes features while the steps run "
-                   "(not yet measured on a GPU: off by default)",
+                   "(unset: on for the device backend on a GPU; H100: data wait 17 -> 9 % of GPU time)",
     "cuda_graph": "capture the training step's update (forward, loss, backward, clipping, fused AdamW) once as one CUDA "
                   "graph and replay it every step: a step's host time becomes one replay (GPU only, one process, "
-                  "AdamW, no ema_decay, fp16 or compile)",
+                  "AdamW, no ema_decay, fp16 or compile; unset: on where all of that holds, with the device backend "
+                  "and no speaker_adversarial; H100: the hybrid's step 24 -> 3.3 ms)",
     "model_args": "YAML mapping passed to the model constructor (or model_args.KEY=VALUE for one entry)",
     "features": "YAML mapping merged into the feature settings (or features.KEY=VALUE)",
     "augment": "YAML mapping merged into the augmentation settings (or augment.KEY=VALUE)",
@@ -145,8 +146,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: str = "no"
     cudnn_benchmark: bool = False
-    cuda_graph: bool = False
-    data_stream: bool = False
+    cuda_graph: bool | None = None  # None: on where it can capture and was measured (trainer.resolve_cuda_graph)
+    data_stream: bool | None = None  # None: on for the device backend's training passes on a GPU
     model_args: dict = field(default_factory=dict)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -190,15 +191,18 @@ class TrainConfig:
             raise ValueError("--no-test trains on the test actors too: drop --test-actors")
         if not self.validation and self.val_actors:
             raise ValueError("--no-validation trains on every actor but the test actors: drop --val-actors")
-        if self.cuda_graph:
-            clashes = [name for name, clash in (
-                ("optimizer=sgd", self.optimizer != "adamw"), ("ema_decay > 0", self.ema_decay > 0),
-                ("mixed_precision=fp16", self.mixed_precision == "fp16"),
-                (f"compile={self.compile}", self.compile != "no")) if clash]
-            if clashes:  # fp16's loss scale decides on the host; compile makes graphs of its own; the moving average
-                # (an update after the graph's) has not run beside a captured step yet
-                raise ValueError(f"cuda_graph=true captures AdamW's update alone: drop {', '.join(clashes)}")
+        if self.cuda_graph and graph_clashes(self):
+            raise ValueError(f"cuda_graph=true captures AdamW's update alone: drop {', '.join(graph_clashes(self))}")
         return self
+
+
+def graph_clashes(cfg: TrainConfig) -> list[str]:
+    """The settings in use that cuda_graph cannot capture: fp16's loss scale decides on the host, compile makes graphs
+    of its own, the moving average (an update after the graph's) has not run beside a captured step yet."""
+    return [name for name, clash in (
+        ("optimizer=sgd", cfg.optimizer != "adamw"), ("ema_decay > 0", cfg.ema_decay > 0),
+        ("mixed_precision=fp16", cfg.mixed_precision == "fp16"), (f"compile={cfg.compile}", cfg.compile != "no"))
+        if clash]
 
 
 def device_only_in_use(cfg: TrainConfig, eval_crops: int | None = None,
@@ -208,7 +212,7 @@ def device_only_in_use(cfg: TrainConfig, eval_crops: int | None = None,
     crops = eval_crops or cfg.eval_crops
     used = {"features.speech_top_db": cfg.features.speech_top_db is not None, f"eval_crops={crops}": crops > 1,
             "speaker_norm": cfg.speaker_norm, f"eval_speeds={list(eval_speeds)}": tuple(eval_speeds) != (1.0,),
-            "data_stream": cfg.data_stream}
+            "data_stream": cfg.data_stream is True}
     return [name for name, on in used.items() if on]
 
 

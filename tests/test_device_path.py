@@ -266,6 +266,19 @@ def test_data_stream_needs_the_device_backend():
         load_config(["--backend", "torch", "data_stream=true"])
 
 
+@pytest.mark.parametrize("data_stream, expected", [(None, False), (False, False), (True, True)])
+def test_data_stream_unset_is_off_on_a_cpu(shards, data_stream, expected):  # noqa: F811
+    """data_stream unset is on on a GPU only (DeviceLoader decides by its device): on a CPU, passes forced to several
+    batches still come one by one in the training thread unless it is set true."""
+    manifest = Manifest.load(shards)
+    ldr = make_loader("device", root=shards, entries=manifest.select("normal"),
+                      class_names=manifest.class_names("normal"), batch_size=12, train=True,
+                      features=FeatureConfig(clip_seconds=1.5, speech_top_db=40.0), device=torch.device("cpu"),
+                      **({} if data_stream is None else {"data_stream": data_stream}))
+    ldr.batches_per_pass = 4
+    assert ldr.data_stream is expected and ldr.overlapped is expected and ldr.stream is None
+
+
 def test_every_pass_size_has_its_fft_plans_made_before_it_is_queued(shards):  # noqa: F811
     """data_stream (forced here on the CPU, which has no side stream): every pass the loader computes, full, the
     epoch's short last one and the wrap-around's single batch, is of a size whose FFTs were run on the training stream

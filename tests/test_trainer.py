@@ -3,6 +3,7 @@ import json
 import math
 import shutil
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -646,6 +647,35 @@ def test_adamw_is_fused_on_a_gpu_only(device, fused):
     model = create_model("cnn", 8, cfg.features.num_bins, cfg.features.num_frames)
     opt, _ = trainer_module.make_optimizer(cfg, model, 10, torch.device(device))
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is fused
+
+
+@pytest.mark.parametrize("overrides, device, processes, expected", [
+    ({}, "cuda", 1, True),  # unset: on for one process on a GPU with the device backend (every recipe)
+    ({}, "cpu", 1, False),
+    ({}, "cuda", 2, False),  # DDP: each step's all-reduce is outside anything one process can capture
+    ({"backend": "torch"}, "cuda", 1, False),  # measured with the device backend only
+    ({"ema_decay": 0.999}, "cuda", 1, False),
+    ({"compile": "reduce-overhead"}, "cuda", 1, False),
+    ({"mixed_precision": "fp16"}, "cuda", 1, False),
+    ({"optimizer": "sgd"}, "cuda", 1, False),
+    ({"speaker_adversarial": 0.1}, "cuda", 1, False),
+    ({"cuda_graph": False}, "cuda", 1, False),
+    ({"cuda_graph": True}, "cuda", 1, True),
+])
+def test_cuda_graph_is_on_by_default_where_it_can_capture(overrides, device, processes, expected):
+    """cuda_graph unset is on exactly where a graph can hold the update and was measured (one process on a GPU, the
+    device backend, AdamW without ema_decay, fp16, compile or speaker_adversarial); set, it is obeyed."""
+    for model in ("cnn", "crnn", "hybrid", "resnet"):  # every recipe (mixup in two of them)
+        cfg = replace(load_config(["--model", model, "--intensity", "normal"]), **overrides)
+        assert trainer_module.resolve_cuda_graph(cfg, torch.device(device), processes) is expected, model
+
+
+@pytest.mark.parametrize("device, processes", [("cpu", 1), ("cuda", 2)])
+def test_cuda_graph_true_where_nothing_can_be_captured_is_an_error(device, processes):
+    """cuda_graph=true on a CPU or with several processes: an error naming both, not a run without the graph."""
+    cfg = load_config(["--model", "hybrid", "--intensity", "normal", "cuda_graph=true"])
+    with pytest.raises(ValueError, match=f"needs one process on a GPU; this run has {processes} on {device}"):
+        trainer_module.resolve_cuda_graph(cfg, torch.device(device), processes)
 
 
 def test_cuda_graph_run_trains_through_the_graphed_step(setup, monkeypatch):

@@ -99,7 +99,8 @@ class LoaderSpec:
         own clips, or over SPEAKER_REFERENCE's where given (`reference_entries`: each actor's other-intensity clips).
     eval_speeds: speed factors of test-time views (device backend): every window is also scored played at each of
         them (speed perturbation, as in training), so a clip has eval_crops x len(eval_speeds) windows.
-    data_stream: training passes computed one pass ahead on a side CUDA stream (device backend on a GPU).
+    data_stream: training passes computed one pass ahead on a side CUDA stream (device backend on a GPU; None, the
+        default: on a GPU).
     """
 
     root: Path
@@ -118,7 +119,7 @@ class LoaderSpec:
     speaker_norm: bool = False
     eval_speeds: tuple[float, ...] = (1.0,)
     speaker_reference: list[ShardEntry] | None = None
-    data_stream: bool = False
+    data_stream: bool | None = None
 
 
 OTHER_INTENSITY = {"normal": "strong", "strong": "normal"}

@@ -21,7 +21,7 @@ and turned into features there.
   launches a batch costs shrink 16-fold (at batch 32 these small models' steps are bound by kernel launches); the
   pass also labels its clips and applies SpecAugment to all of them at once, and hands over finished Batches. The
   pass size changes only the noise, shift and mask draws, never the order, crops or speed factors. With `data_stream`
-  (off by default until measured) each pass is computed on a side stream one pass ahead, the next epoch's first pass
+  (on a GPU unless set false) each pass is computed on a side stream one pass ahead, the next epoch's first pass
   included, so the GPU computes features while the steps run; the batches are the same.
 - Evaluation: the features of every clip's `eval_crops` windows (spread over its speech span; each also played at
   every factor of `eval_speeds`, test-time speed views, 1.0 alone by default) are computed on the first pass and kept:
@@ -113,10 +113,10 @@ class DeviceLoader(ShardLoader):
         # on a GPU a step of these small models is bound by kernel launches: the data path makes its launches for
         # GPU_PASS batches at once; on the CPU batch by batch (the prefetch thread keeps a step's worth ahead)
         self.batches_per_pass = GPU_PASS if self.device.type == "cuda" else 1
-        # data_stream: passes computed one ahead on a side stream of the GPU, overlapping the steps (off by default
-        # until measured on a GPU); `ahead` holds the next epoch's producer and first pass once queued
-        self.data_stream = spec.data_stream
-        on_gpu = spec.data_stream and self.train and self.device.type == "cuda"
+        # data_stream: passes computed one ahead on a side stream of the GPU, overlapping the steps (unset: on a GPU;
+        # an H100: data wait 17 -> 9 % of GPU time); `ahead` holds the next epoch's producer and first pass once queued
+        self.data_stream = spec.data_stream if spec.data_stream is not None else self.device.type == "cuda"
+        on_gpu = self.data_stream and self.train and self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if on_gpu else None
         self.ahead: tuple[Passes, tuple[list, torch.cuda.Event | None]] | None = None
         self.planned: set[int] = set()  # pass sizes (clips) whose cuFFT plans exist (`plan_ffts`)
