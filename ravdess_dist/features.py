@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
+from scipy.fft import next_fast_len
 from torch import Tensor, nn
 
 KINDS = ("logmel", "mfcc")
@@ -89,20 +90,6 @@ class FeatureConfig:
         return (self.n_mels if self.kind == "logmel" else self.n_mfcc) + self.pitch_bins
 
 
-def smooth_size(n: int) -> int:
-    """The smallest FFT size >= N with no prime factor above 5: fast in every FFT library, and up to half the work of
-    the next power of two (1080 against 2048 for the default pitch rows)."""
-    size = n
-    while True:
-        rest = size
-        for p in (2, 3, 5):
-            while rest % p == 0:
-                rest //= p
-        if rest == 1:
-            return size
-        size += 1
-
-
 class Periodicity(nn.Module):
     """Waveforms [B, N] -> pitch salience [B, bins, T] in float32, framed like the spectrogram (centred, hop_length).
 
@@ -122,7 +109,7 @@ class Periodicity(nn.Module):
         self.frame = 2 * math.ceil(1.5 * cfg.sample_rate / cfg.pitch_fmin)  # three periods of the lowest pitch
         periods = cfg.sample_rate / np.geomspace(cfg.pitch_fmin, cfg.pitch_fmax, cfg.pitch_bins)  # samples, row order
         self.longest = math.ceil(periods.max()) + 1
-        self.n_fft = smooth_size(self.frame + self.longest)
+        self.n_fft = next_fast_len(self.frame + self.longest, real=True)  # 5-smooth: 1080, not 2048, by default
         window = torch.hann_window(self.frame, periodic=False, dtype=torch.float64)
         self.register_buffer("window", window.float())
         self.register_buffer("window_ac", self.autocorrelation(window[None])[0].float())

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ravdess_dist.features import (CPU_CHUNK, FeatureConfig, Frontend, Periodicity, crop_or_pad, smooth_size,
+from ravdess_dist.features import (CPU_CHUNK, FeatureConfig, Frontend, Periodicity, crop_or_pad,
                                    span_windows, speech_span)
 from shards.audio import read_mono
 from shards.librosa_import import librosa
@@ -180,9 +180,11 @@ def test_pitch_rows_follow_the_normalised_log_mel(speech):
             FeatureConfig(**bad)
 
 
-def test_smooth_size_has_no_prime_factor_above_5():
-    """FFT sizes for the pitch rows: the next 5-smooth number."""
-    assert [smooth_size(n) for n in (1, 7, 1068, 1080, 1081)] == [1, 8, 1080, 1080, 1125]
+def test_pitch_rows_use_a_5_smooth_fft_size():
+    """The pitch rows' FFT (frame + longest period) is the next size with no prime factor above 5 (scipy's real
+    next_fast_len): 1080 for the defaults, where the next power of two would be 2048."""
+    p = Periodicity(FeatureConfig(pitch_bins=8))
+    assert p.n_fft >= p.frame + p.longest and p.n_fft == 1080
 
 
 def clips() -> list[torch.Tensor]:
