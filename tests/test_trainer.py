@@ -678,6 +678,23 @@ def test_cuda_graph_true_where_nothing_can_be_captured_is_an_error(device, proce
         trainer_module.resolve_cuda_graph(cfg, torch.device(device), processes)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
+def test_a_gpu_run_replays_a_graph_and_computes_its_passes_aside_by_default(setup):
+    """On one GPU with the device backend and neither option set, a run replays its update as one CUDA graph and
+    computes its training passes on a side stream (the defaults measured on an H100), trains, tests, and records the
+    choice in config.yaml (a resume compares it)."""
+    tmp, shards, config = setup
+    run = Run(load_config(train_args(tmp, shards, config, "gpu-defaults", "--backend", "device", "--device", "cuda")))
+    try:
+        run.fit()
+        m = run.test()
+    finally:
+        run.close()
+    assert run.cfg.cuda_graph is True and run.graphed is not None and run.train_loader.stream is not None
+    assert all(math.isfinite(h["loss"]) for h in m["history"]) and m["test"]["clips"] > 0
+    assert "cuda_graph: true" in (tmp / "models/gpu-defaults/config.yaml").read_text()
+
+
 def test_cuda_graph_run_trains_through_the_graphed_step(setup, monkeypatch):
     """cuda_graph=true through the real Run, with the graph's eager stand-in (a CPU cannot capture; the capture is
     tested on a GPU in tests/test_graphed_step.py): the update runs on the static buffers every step, mixup's draws
