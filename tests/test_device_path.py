@@ -120,14 +120,18 @@ def test_training_batches_do_not_depend_on_the_global_generator(shards):  # noqa
     assert not torch.equal(next(iter(ldr)).features, passes[0][0])  # another epoch, other draws
 
 
-def test_speaker_norm_standardises_each_actor(shards):  # noqa: F811
-    """speaker_norm: each actor's centre-window features have mean 0 and standard deviation 1 per mel band."""
-    ldr = loader("device", shards, "normal", 32, speaker_norm=True)
+@pytest.mark.parametrize("pitch_bins", [0, 8])
+def test_speaker_norm_standardises_each_actor(shards, pitch_bins):  # noqa: F811
+    """speaker_norm: each actor's centre-window features have mean 0 and standard deviation 1 per row: every mel band
+    and, with features.pitch_bins, every pitch row (normalised per speaker like the bands)."""
+    ldr = loader("device", shards, "normal", 32, speaker_norm=True, features=FeatureConfig(pitch_bins=pitch_bins))
     got = collect(ldr)
+    rows = 64 + pitch_bins
     for actor in {int(k[-2:]) for k in got}:
         feats = torch.stack([f for k, (f, _) in got.items() if int(k[-2:]) == actor])  # [N, 1, F, T]
-        torch.testing.assert_close(feats.mean(dim=(0, 3)), torch.zeros(1, 64), atol=1e-3, rtol=0)
-        torch.testing.assert_close(feats.std(dim=(0, 3)), torch.ones(1, 64), atol=1e-2, rtol=0)
+        assert feats.shape[2] == rows
+        torch.testing.assert_close(feats.mean(dim=(0, 3)), torch.zeros(1, rows), atol=1e-3, rtol=0)
+        torch.testing.assert_close(feats.std(dim=(0, 3)), torch.ones(1, rows), atol=1e-2, rtol=0)
 
 
 def test_speaker_reference_gives_the_statistics_of_other_clips(shards):  # noqa: F811
