@@ -290,14 +290,15 @@ class DeviceLoader(ShardLoader):
 
     def plan_ffts(self) -> None:
         """The cuFFT plans of every pass size the side stream can compute (1 to `batches_per_pass` batches), made on the
-        training stream before any pass is queued there.
+        training stream before any pass is queued on the side stream.
 
         Why: cuFFT sets a new plan up with work queued on the GPU's default stream (the training stream here), which a
         side stream does not wait for. A plan first made inside a pass on the side stream could run before its set-up
-        ran: on an H100, six CV folds sharing the GPU (their default streams long queues of steps) hit illegal memory
-        accesses in epoch 0 as a pass of a size not seen before was queued, 3 to 6 folds of 12 (2026-11-28). Made here,
-        a plan's set-up precedes the passes that use it, which wait for the training stream (`queued`); nothing here
-        waits for the GPU. The frontend's other FFTs (`features.pitch_bins`) are planned by the same call."""
+        ran: on an H100, CV folds run six at a time on the GPU (their default streams long queues of steps) hit illegal
+        memory accesses in epoch 0 as a pass of a size not seen before was queued, 9 folds of 24 in four CVs; with
+        the plans made here first, none of 12 (2026-11-28). Made here, a plan's set-up precedes the passes that use it,
+        which wait for the training stream (`queued`); nothing here waits for the GPU. The frontend's other FFTs
+        (`features.pitch_bins`) are planned by the same call."""
         with torch.no_grad():
             for batches in range(1, self.batches_per_pass + 1):
                 size = batches * self.batch_size
