@@ -128,6 +128,8 @@ def check_resumable(path, saved: dict, cfg: TrainConfig, actors) -> None:
     except ValueError:  # an older config with keys this version no longer knows: compare what is there
         pass
     asked, defaults = to_dict(cfg), to_dict(TrainConfig())
+    if saved.get("cuda_graph") is None:  # a checkpoint from before the option (or with it unset) trained without one
+        saved = {**saved, "cuda_graph": False}
     for key in RESUME_KEYS:
         if saved.get(key, defaults[key]) != asked[key]:
             raise ValueError(f"{path}: checkpoint has {key}={saved.get(key, defaults[key])!r}, this run asks {asked[key]!r}")

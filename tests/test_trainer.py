@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ravdess_dist import trainer as trainer_module
 from ravdess_dist.checkpoint import load_checkpoint, save_checkpoint
-from ravdess_dist.config import load_config
+from ravdess_dist.config import load_config, to_dict
 from ravdess_dist.data.contract import SHUFFLE_BUFFER
 from ravdess_dist.data.factory import make_loader
 from ravdess_dist.features import FeatureConfig
@@ -676,6 +676,17 @@ def test_cuda_graph_true_where_nothing_can_be_captured_is_an_error(device, proce
     cfg = load_config(["--model", "hybrid", "--intensity", "normal", "cuda_graph=true"])
     with pytest.raises(ValueError, match=f"needs one process on a GPU; this run has {processes} on {device}"):
         trainer_module.resolve_cuda_graph(cfg, torch.device(device), processes)
+
+
+def test_a_checkpoint_from_before_cuda_graph_resumes_where_no_graph_is_used(tmp_path):
+    """A checkpoint whose config has no cuda_graph (written before the option existed) trained without a graph: a run
+    that resolved cuda_graph to false continues it; one that uses a graph is refused, naming the setting."""
+    cfg = load_config(["--model", "cnn", "--intensity", "normal", "--folds", "6", "--fold", "0"])
+    saved = {k: v for k, v in to_dict(cfg).items() if k not in ("cuda_graph", "data_stream")}
+    actors = list(range(1, 25))
+    trainer_module.check_resumable(tmp_path / "last.pt", saved, replace(cfg, cuda_graph=False), actors)
+    with pytest.raises(ValueError, match="checkpoint has cuda_graph=False, this run asks True"):
+        trainer_module.check_resumable(tmp_path / "last.pt", saved, replace(cfg, cuda_graph=True), actors)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
