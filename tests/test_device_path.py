@@ -229,7 +229,8 @@ def test_a_gpu_pass_finishes_its_batches_with_seeded_masks(shards):  # noqa: F81
     assert all(not torch.equal(a.features, b.features) for a, b in zip(first, unmasked))
 
 
-def test_passes_computed_ahead_are_the_passes_computed_in_turn(shards):  # noqa: F811
+@pytest.mark.parametrize("per_pass", [4, 6])  # 6: batches handed out before the next pass is queued (QUEUE_LEFT 4)
+def test_passes_computed_ahead_are_the_passes_computed_in_turn(shards, per_pass):  # noqa: F811
     """data_stream (each pass computed one pass ahead, the next epoch's first pass queued before an epoch's last pass
     is handed out; forced here on the CPU, where there is no stream) gives the very batches of the plain passes, every
     augmentation on: over epochs in a row, each after the first starting from the pass queued for it, and for an
@@ -241,7 +242,7 @@ def test_passes_computed_ahead_are_the_passes_computed_in_turn(shards):  # noqa:
 
     def epochs(data_stream):
         ldr = loader("device", shards, "normal", 12, train=True, augment=augment, features=feats, num_workers=0)
-        ldr.batches_per_pass, ldr.data_stream = 4, data_stream
+        ldr.batches_per_pass, ldr.data_stream = per_pass, data_stream
         made, passes = [], ldr.passes
         ldr.passes = lambda epoch: made.append(epoch) or passes(epoch)
         out = []
@@ -308,6 +309,56 @@ def test_every_pass_size_has_its_fft_plans_made_before_it_is_queued(shards):  # 
         ldr.set_epoch(epoch)
         list(ldr)
     assert len(set(computed)) >= 2 and not unplanned, (sorted(set(computed)), unplanned)
+
+
+def test_speed_groups_padded_to_a_few_sizes_give_the_same_features(shards):  # noqa: F811
+    """The GPU's speed groups (forced here on the CPU): each factor's clips of a pass are resampled in a group padded
+    to a multiple of `speed_group`, so the resampler sees a few input shapes (cuDNN plans each new shape: ~1.3 ms of
+    host time a call on an H100) and the features are those of the exact groups; factor 1.0 is not resampled."""
+    plain = AugmentConfig(noise_snr_db=None, time_shift_s=0.0, freq_masks=0, time_masks=0, speed=(0.9, 1.0, 1.1))
+    feats = FeatureConfig(clip_seconds=1.0, speech_top_db=40.0)
+    out = {}
+    for group in (1, 16):
+        ldr = loader("device", shards, "normal", 12, train=True, augment=plain, features=feats, num_workers=0)
+        ldr.batches_per_pass, ldr.speed_group, shapes = 4, group, []
+        for resampler in ldr.speed_perturb.resamplers.values():
+            resampler.register_forward_pre_hook(lambda module, args: shapes.append(args[0].shape[0]))
+        out[group] = list(ldr), shapes
+    (exact, exact_shapes), (padded, padded_shapes) = out[1], out[16]
+    assert any(n % 16 for n in exact_shapes)  # the exact groups: sizes of every kind
+    assert padded_shapes and all(n % 16 == 0 for n in padded_shapes), padded_shapes
+    assert [b.keys for b in exact] == [b.keys for b in padded]
+    for a, b in zip(exact, padded, strict=True):
+        torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=0)
+
+
+def test_the_next_pass_is_queued_once_most_of_a_pass_is_handed_out(shards):  # noqa: F811
+    """data_stream (forced here on the CPU, which has no side stream): the next pass is queued when QUEUE_LEFT batches
+    of the current one are left to hand out, not before its first batch; the next epoch's first pass before the
+    epoch's last batch. On a GPU an epoch starts with the GPU's queue drained: queuing the next pass first (~19 ms of
+    host launches, hybrid on an H100) left it idle, 12-13 % of the epoch's GPU time counted as data wait."""
+    manifest = Manifest.load(shards)
+    ldr = make_loader("device", root=shards, entries=manifest.select("normal"),
+                      class_names=manifest.class_names("normal"), batch_size=8, train=True,
+                      features=FeatureConfig(clip_seconds=1.0, speech_top_db=40.0),
+                      augment=AugmentConfig(speed=(0.9, 1.0, 1.1)), device=torch.device("cpu"), data_stream=True,
+                      num_workers=0)  # as on a GPU: no prefetch thread taking batches ahead
+    ldr.batches_per_pass = 6
+    handed, queued_at, compute = [0], [], ldr.computed
+    ldr.computed = lambda producer: queued_at.append((producer.epoch, handed[0])) or compute(producer)
+    for epoch in range(2):
+        ldr.set_epoch(epoch)
+        handed[0] = 0
+        for _ in ldr:
+            handed[0] += 1
+    steps, left = len(ldr), device_path.QUEUE_LEFT
+    assert steps > 2 * ldr.batches_per_pass > 2 * left  # several passes, each with batches to hand out first
+    first = ldr.batches_per_pass - left
+    # epoch 0: its first pass at once, the second after `first` batches, ..., epoch 1's first before the last batch
+    assert queued_at[:3] == [(0, 0), (0, first), (0, ldr.batches_per_pass + first)], queued_at
+    epoch_1 = [at for epoch, at in queued_at if epoch == 1]
+    assert 0 < epoch_1[0] < steps  # queued in epoch 0, while its last pass went out
+    assert epoch_1[1] == first  # epoch 1 began with the pass queued for it, then `first` batches before the next
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")

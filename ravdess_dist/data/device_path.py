@@ -52,6 +52,8 @@ from shards.labels import EMOTIONS
 CHUNK = 64  # clips per feature call: bounds the intermediate tensors of evaluation passes
 PREFETCH = 2  # training batches computed ahead in a thread when the device is the CPU and num_workers > 0
 GPU_PASS = 16  # training batches whose device work is queued in one pass on a GPU: a 16th of the kernel launches
+SPEED_GROUP = 32  # on a GPU a speed factor's clips are resampled in groups padded to a multiple of this (`speed_group`)
+QUEUE_LEFT = 4  # data_stream: batches of a pass still to hand out when the next pass is queued (`DeviceLoader.lead`)
 
 
 @functools.lru_cache(maxsize=256)
@@ -120,6 +122,10 @@ class DeviceLoader(ShardLoader):
         self.stream = torch.cuda.Stream(self.device) if on_gpu else None
         self.ahead: tuple[Passes, tuple[list, torch.cuda.Event | None]] | None = None
         self.planned: set[int] = set()  # pass sizes (clips) whose cuFFT plans exist (`plan_ffts`)
+        # the speed resampler's convolution on a GPU: cuDNN plans each new input shape (~1.3 ms of host time a call
+        # on an H100, 8 calls an epoch, 2026-11-28) and the number of a pass's clips drawn at each factor is random;
+        # padded to multiples of SPEED_GROUP, a few shapes recur and are planned once. The CPU keeps exact groups.
+        self.speed_group = SPEED_GROUP if self.device.type == "cuda" else 1
         self.full_batch = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)  # a pass's `valid`: all rows
 
     def windows(self, rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
@@ -264,7 +270,8 @@ class DeviceLoader(ShardLoader):
         """This epoch's batches with each pass computed on the side stream one pass ahead of the batches handed out:
         the GPU computes a pass while the steps of the previous one run. Before the epoch's last pass is handed out,
         the next epoch's first pass is queued too and kept (`self.ahead`): the epoch's one host sync then leaves it
-        running. A pass's batches go out after the training stream was told to wait for it (on the GPU, no host wait).
+        running. The next pass is queued when only a few of the current pass's batches are left to hand out (`lead`).
+        A pass's batches go out after the training stream was told to wait for it (on the GPU, no host wait).
         The batches are the same as without the side stream: each pass draws only from its epoch's own generators."""
         steps, handed = len(self), 0
         self.plan_ffts()
@@ -276,17 +283,32 @@ class DeviceLoader(ShardLoader):
         while True:
             batches, ready = current
             last = handed + len(batches) >= steps
+            if ready is not None:
+                torch.cuda.current_stream(self.device).wait_event(ready)
+            lead = self.lead(len(batches), steps - handed)
+            yield from batches[:lead]
             if last:
                 upcoming = self.passes(self.epoch + 1)
                 self.ahead = upcoming, self.queued(upcoming)
             else:
                 current = self.queued(producer)
-            if ready is not None:
-                torch.cuda.current_stream(self.device).wait_event(ready)
-            yield from batches
+            yield from batches[lead:]
             handed += len(batches)
             if last:
                 return
+
+    @staticmethod
+    def lead(size: int, left: int) -> int:
+        """How many of a pass's SIZE batches go out before the next pass is queued, LEFT batches being left to hand out
+        in the epoch: all but QUEUE_LEFT, and always before the epoch's last batch.
+
+        Why not at once: queuing a pass costs the host ~19 ms of launches (hybrid, H100: 57 ms of loader host time
+        an epoch, three passes), and an epoch starts with the GPU's queue empty (the epoch's one host sync drained it).
+        Queued before the first step, the GPU idles through it: the epoch's data wait measured 12-13 % of its GPU time,
+        ~16 ms of ~125 ms, that idle time (2026-11-28, `scripts/device/profile_step.py`; the new order is to be
+        measured on the next GPU lease). Handed out first, the pass's steps keep the GPU busy while the host queues
+        the next pass; the last QUEUE_LEFT steps cover the next pass's own GPU work (a few ms) on the side stream."""
+        return max(0, min(size - QUEUE_LEFT, left - 1))
 
     def plan_ffts(self) -> None:
         """The cuFFT plans of every pass size the side stream can compute (1 to `batches_per_pass` batches), made on the
@@ -377,12 +399,16 @@ class DeviceLoader(ShardLoader):
         waves = torch.empty(len(rows), length, device=self.device)
         dev_rows, dev_positions = (t.to(self.device, non_blocking=True) for t in (rows, positions))
         for factor in factors.unique().tolist():
-            pick = (factors == factor).nonzero().flatten().to(self.device, non_blocking=True)
+            pick = (factors == factor).nonzero().flatten()
+            count = len(pick)
+            if factor != 1.0:  # resampled: a group of a few sizes (`speed_group`), the padding rows thrown away
+                pick = torch.cat([pick, pick[:1].expand(-count % self.speed_group)])
+            pick = pick.to(self.device, non_blocking=True)
             need = round(length * factor)
             r = dev_rows[pick]
             starts = span_crop_starts(self.lengths[r], self.spans[r], need, dev_positions[pick])
             windows = self.windows(r, starts, need)
-            waves[pick] = self.speed_perturb(windows, factor, length)
+            waves[pick[:count]] = self.speed_perturb(windows, factor, length)[:count]
         if self.wave_augment is not None:
             waves = self.wave_augment(waves, noise)
         return self.features_of(dev_rows, waves)
