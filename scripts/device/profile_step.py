@@ -1,11 +1,11 @@
 """On the GPU machine: where a compiled training step's time goes (developer tooling, not part of the package).
 
-For the hybrid x normal, fold 0, device backend, at the config's settings plus the given KEY=VALUE overrides (e.g.
+For the hybrid (or `--config`'s model) x normal, fold 0, device backend, at the config's settings plus the given KEY=VALUE overrides (e.g.
 compile=reduce-overhead): a real `Run`, WARM epochs (compilation), then one epoch under torch.profiler (host and
 CUDA activity: the ops that cost host time, the kernels that cost GPU time, GPU busy time per step), then TIMED
 epochs without the profiler, each split into the time spent in the loader's `next` and in `train_step` (host) and
 the data wait's share of the GPU's time (`gpu_wait_share`: the trainer's DataWaitClock), with the device's queue drained (synchronize) once per epoch. `--pass N` sets the device backend's batches per GPU
-pass. Writes OUT/NAME.json and OUT/NAME.txt (the profiler's tables). (Its first use, 2026-11-27, compared foreach
+pass; `--queue-left N` and `--speed-group N` set its data-wait levers (2026-11-28b) for an A/B on one machine. Writes OUT/NAME.json and OUT/NAME.txt (the profiler's tables). (Its first use, 2026-11-27, compared foreach
 and fused AdamW; fused is now the GPU's default.)
 
 python3 scripts/device/profile_step.py --name ro compile=reduce-overhead
@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ravdess_dist.config import load_config
+from ravdess_dist.data import device_path
 from ravdess_dist.data_wait import DataWaitClock
 from ravdess_dist.trainer import Run
 
@@ -58,21 +59,31 @@ def timed_epoch(run: Run) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
+    ap.add_argument("--config", default="configs/hybrid.yaml", help="the model's recipe (default: the hybrid's)")
     ap.add_argument("--warm", type=int, default=2)
     ap.add_argument("--timed", type=int, default=5)
     ap.add_argument("--pass", dest="per_pass", type=int, help="training batches per GPU pass (device backend)")
+    ap.add_argument("--queue-left", type=int, help="data_stream: batches of a pass left when the next is queued "
+                    "(device backend; 16 = at once, the order before 2026-11-28b)")
+    ap.add_argument("--speed-group", type=int, help="speed groups padded to a multiple of this (device backend on a "
+                    "GPU; 1 = exact groups, as before 2026-11-28b)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/res"))
     args, overrides = ap.parse_known_args()
-    cfg = load_config(["--config", "configs/hybrid.yaml", "--intensity", "normal", "--folds", "6", "--fold", "0",
+    cfg = load_config(["--config", args.config, "--intensity", "normal", "--folds", "6", "--fold", "0",
                        "--run-name", f"prof-{args.name}", "--output-dir", "/tmp/m", "--logging-dir", "/tmp/runs",
                        "epochs=100", *overrides])
+    if args.queue_left is not None:
+        device_path.QUEUE_LEFT = args.queue_left
     t = time.perf_counter()
     run = Run(cfg)
     if args.per_pass:
         run.train_loader.batches_per_pass = args.per_pass
+    if args.speed_group:
+        run.train_loader.speed_group = args.speed_group
     result = {"name": args.name, "overrides": overrides, "setup_s": time.perf_counter() - t,
               "setup_parts": {k: v for k, v in run.seconds.items() if k.startswith("setup_")},
               "batches_per_pass": getattr(run.train_loader, "batches_per_pass", None),
+              "queue_left": device_path.QUEUE_LEFT, "speed_group": getattr(run.train_loader, "speed_group", None),
               "gpu": torch.cuda.get_device_name() if CUDA else "cpu"}
     t = time.perf_counter()
     result["warm"] = [timed_epoch(run) for _ in range(args.warm)]
