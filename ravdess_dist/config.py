@@ -191,8 +191,9 @@ class TrainConfig:
             raise ValueError("--no-test trains on the test actors too: drop --test-actors")
         if not self.validation and self.val_actors:
             raise ValueError("--no-validation trains on every actor but the test actors: drop --val-actors")
-        if self.cuda_graph and graph_clashes(self):
-            raise ValueError(f"cuda_graph=true captures AdamW's update alone: drop {', '.join(graph_clashes(self))}")
+        clashes = graph_clashes(self) if self.cuda_graph else []
+        if clashes:
+            raise ValueError(f"cuda_graph=true captures AdamW's update alone: drop {', '.join(clashes)}")
         return self
 
 
