@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ravdess_dist.data_wait import DataWaitClock
+from tests.gpu import gpu
 
 
 class Ticks:
@@ -36,11 +37,10 @@ def test_a_fetch_that_raises_still_counts():
     assert clock.host == 3.0
 
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
 CYCLES = 50_000_000  # torch.cuda._sleep: a kernel that spins this many GPU clock cycles (~25 ms at ~2 GHz)
 
 
-@GPU
+@gpu
 def test_gpu_work_inside_fetches_is_the_gpu_share():
     """Fetches that queue 1 unit of GPU work and steps that queue 3: a GPU share near 1/4, whatever the host did."""
     clock = DataWaitClock(torch.device("cuda"))
@@ -53,7 +53,7 @@ def test_gpu_work_inside_fetches_is_the_gpu_share():
     assert clock.device_share() == pytest.approx(0.25, abs=0.05)
 
 
-@GPU
+@gpu
 def test_a_host_blocked_in_fetches_while_the_gpu_is_busy_is_no_gpu_wait():
     """The host spends most of the epoch in fetches (CPU work) while the GPU runs the steps queued before: the host's
     share is high, the GPU's near zero (the case the host clock gets wrong on a GPU running ahead of nothing)."""

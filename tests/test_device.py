@@ -14,6 +14,7 @@ import torch
 
 from ravdess_dist import device
 from ravdess_dist.device import driver_version, gpu_ids, provenance, resolve_device, visible_gpus
+from tests.gpu import gpu
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -208,7 +209,7 @@ def test_provenance_survives_a_broken_probe(monkeypatch):
     assert info["devices"] == [] and info["torch"] == torch.__version__
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
+@gpu
 def test_usable_gpu_resolves_to_cuda():
     """On a working GPU machine auto and cuda both give "cuda", and provenance lists that GPU's name and memory."""
     assert resolve_device("auto") == resolve_device("cuda") == "cuda"

@@ -13,6 +13,7 @@ from ravdess_dist.evaluate import window_average
 from ravdess_dist.features import FeatureConfig, span_crop_starts
 from ravdess_dist.models import create_model
 from shards.manifest import Manifest
+from tests.gpu import gpu
 from tests.test_loaders import collect, loader, shards  # noqa: F401  (shards is a fixture)
 
 
@@ -159,7 +160,7 @@ def test_the_corpus_is_decoded_once_per_process(shards):  # noqa: F811
     assert after.misses == before.misses and after.hits == before.hits + 4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
+@gpu
 @pytest.mark.parametrize("speaker_norm, data_stream", [(False, False), (True, False), (False, True), (True, True)])
 def test_training_epoch_makes_no_host_sync_on_the_gpu(shards, speaker_norm, data_stream):  # noqa: F811
     """On a GPU a training epoch of the device backend (speech spans, speed perturbation, noise, shift, SpecAugment)
@@ -361,7 +362,7 @@ def test_the_next_pass_is_queued_once_most_of_a_pass_is_handed_out(shards):  # n
     assert epoch_1[1] == first  # epoch 1 began with the pass queued for it, then `first` batches before the next
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
+@gpu
 def test_passes_on_the_side_stream_are_the_passes_on_the_training_stream(shards):  # noqa: F811
     """On a GPU, data_stream's passes (computed on a side stream, one pass ahead, the next epoch's first one queued
     early) give the same batches as the passes computed on the training stream, bit for bit, over three epochs, while

@@ -8,6 +8,7 @@ from ravdess_dist.config import load_config
 from ravdess_dist.graphed_step import GraphedStep
 from ravdess_dist.models import create_model
 from ravdess_dist.trainer import graph_inputs, make_optimizer, mixed_loss, mixup_draws
+from tests.gpu import gpu
 
 SHAPE = (8, 1, 32, 21)  # a batch of small log-mels
 
@@ -124,7 +125,6 @@ def test_mixup_draws_nothing_without_mixup():
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def deterministic_cudnn():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
 
 
-@GPU
+@gpu
 def test_captured_graph_on_the_gpu_gives_the_plain_updates(deterministic_cudnn):
     """On a GPU the replayed graph trains as the plain step does: the same losses and weights after 5 updates (to
     float tolerance: without dropout, whose draws a graph takes from the generator differently), and the learning
@@ -158,7 +158,7 @@ def test_captured_graph_on_the_gpu_gives_the_plain_updates(deterministic_cudnn):
     assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(float(plain[2].get_last_lr()[0]))
 
 
-@GPU
+@gpu
 def test_graphed_updates_make_no_host_sync_on_the_gpu():
     """A replay, the batch's copies and the schedule's in-place update never wait for the GPU."""
     data = batches(4, "cuda")
@@ -176,7 +176,7 @@ def test_graphed_updates_make_no_host_sync_on_the_gpu():
     assert all(torch.isfinite(loss) for loss in losses)
 
 
-@GPU
+@gpu
 def test_captured_graph_with_mixup_on_the_gpu_gives_the_plain_updates_without_host_sync(deterministic_cudnn):
     """Mixup's draws reach the replayed graph as inputs: the same losses and weights as the plain step given the same
     draws (float tolerance), and neither the draws' copies nor the replays wait for the GPU."""

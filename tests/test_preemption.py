@@ -1,11 +1,11 @@
 """Preemption: which steps look at the flag, and StopPoll's answers with one process and with several."""
 import types
 
-import pytest
 import torch
 
 from ravdess_dist import preemption
 from ravdess_dist.preemption import StopPoll
+from tests.gpu import gpu
 
 
 def test_the_flag_is_looked_at_every_k_steps_and_at_the_last(monkeypatch):
@@ -55,10 +55,9 @@ def test_several_processes_act_on_the_sum_one_look_later(monkeypatch):
     assert poll(last=True) is True and poll.pending is None  # the last look: no look later to wait for
 
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
 
 
-@GPU
+@gpu
 def test_a_look_with_several_processes_does_not_wait_for_the_queued_steps(monkeypatch):
     """On a GPU a look that is not the epoch's last reads the previous look's sum and starts its own without a host
     sync and without waiting for the steps queued since: the stream is still busy when it returns."""

@@ -23,6 +23,7 @@ from ravdess_dist.preemption import Preempted
 from ravdess_dist.trainer import Run, weights_checksum
 from shards.manifest import Manifest
 from tests.corpus import tone
+from tests.gpu import gpu
 from tests.trainer_fixtures import TINY, launch_two, metrics, run_python, run_train, tiny_config, tiny_shards, train_args
 
 # Sends itself SIGNAL just before the STEP-th training step of the process (counted over epochs from 1); the trainer
@@ -689,7 +690,7 @@ def test_a_checkpoint_from_before_cuda_graph_resumes_where_no_graph_is_used(tmp_
         trainer_module.check_resumable(tmp_path / "last.pt", saved, replace(cfg, cuda_graph=True), actors)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that torch can use")
+@gpu
 def test_a_gpu_run_replays_a_graph_and_computes_its_passes_aside_by_default(setup):
     """On one GPU with the device backend and neither option set, a run replays its update as one CUDA graph and
     computes its training passes on a side stream (the defaults measured on an H100), trains, tests, and records the

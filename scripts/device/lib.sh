@@ -20,3 +20,10 @@ pack() { tar czf "$OUT/res-$1.tgz" -C /tmp res && ls -la "$OUT"; }
 
 # keep NAME: the small outputs (json, md, png, yaml) of run folder /tmp/m/NAME in the results
 keep() { mkdir -p $R/$1 && (cd /tmp/m/$1 && find . \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.yaml' \) -print | tar cf - -T - | tar xf - -C $R/$1); }
+
+# the test modules holding GPU tests (`@gpu`, tests/gpu.py; tests/test_conftest.py checks that this lists them all)
+export GPU_TESTS="tests/test_device.py tests/test_graphed_step.py tests/test_device_path.py tests/test_data_wait.py tests/test_preemption.py tests/test_trainer.py"
+# gpu_tests: every GPU test (`pytest -m gpu`), the report in $R/pytest-gpu.txt, its summary shown; exported, so that
+# a step runs it: `step 120 pytest-gpu bash -c gpu_tests`
+gpu_tests() { python3 -m pytest -q -p no:cacheprovider -o addopts= -rfE $GPU_TESTS -m gpu > $R/pytest-gpu.txt 2>&1; local rc=$?; tail -5 $R/pytest-gpu.txt; return $rc; }
+export R; export -f gpu_tests

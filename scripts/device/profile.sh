@@ -7,7 +7,7 @@
 # recipe, mixup included) use both. If a GPU test fails, fix it and rerun the tests alone before the runs.
 # scripts/device/profile_step.py: a real Run, warm-up epochs, one profiled epoch, timed epochs (loader vs step).
 source scripts/device/lib.sh
-step 90 pytest-gpu python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphed_step.py tests/test_device_path.py tests/test_data_wait.py tests/test_preemption.py -k "gpu"; pack prof
+step 90 pytest-gpu bash -c gpu_tests; pack prof
 step 60 prof-graph python3 scripts/device/profile_step.py --name graph cuda_graph=true; pack prof
 step 60 prof-graph-stream python3 scripts/device/profile_step.py --name graph-stream cuda_graph=true data_stream=true; pack prof
 step 120 hybrid-500-graph python3 train.py --model hybrid --intensity normal --epochs 500 --patience 1000 --train-intensities same --folds 6 --fold 0 --run-name gpu-hybrid-500-graph --output-dir /tmp/m --logging-dir /tmp/runs cuda_graph=true data_stream=true

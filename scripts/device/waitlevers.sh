@@ -10,7 +10,7 @@
 # `bench train` (its "GPU wait" column). Read `gpu_wait_share` in each JSON (timed epochs) and the loader's host time
 # (`next_ms`). About 4 minutes; each step packs what it has.
 source scripts/device/lib.sh
-step 120 pytest-gpu bash -c "python3 -m pytest -q -p no:cacheprovider -o addopts= -rfE tests/test_graphed_step.py tests/test_device_path.py tests/test_data_wait.py tests/test_preemption.py tests/test_trainer.py -k gpu > $R/pytest-gpu.txt 2>&1"; tail -5 $R/pytest-gpu.txt; pack waitlevers
+step 120 pytest-gpu bash -c gpu_tests; pack waitlevers
 for variant in "levers" "before --queue-left 16 --speed-group 1" "order-only --speed-group 1" "group-only --queue-left 16" "pass64 --pass 64"; do
   set -- $variant
   step 60 prof-$1 python3 scripts/device/profile_step.py --name $@; pack waitlevers
