@@ -52,5 +52,5 @@ def test_every_test_that_needs_a_gpu_carries_the_gpu_mark():
     lib = (Path(__file__).parents[1] / "scripts" / "device" / "lib.sh").read_text()
     listed = set(re.search(r'GPU_TESTS="([^"]+)"', lib).group(1).split())
     using = {f"tests/{path.name}" for path in Path(__file__).parent.glob("test_*.py")
-             if re.search(r"^@gpu$", path.read_text(), re.MULTILINE)}
+             if re.search(r"^@gpu$|marks=GPU_MARKS\)", path.read_text(), re.MULTILINE)}
     assert using and using <= listed, sorted(using - listed)

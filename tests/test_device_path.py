@@ -13,7 +13,7 @@ from ravdess_dist.evaluate import window_average
 from ravdess_dist.features import FeatureConfig, span_crop_starts
 from ravdess_dist.models import create_model
 from shards.manifest import Manifest
-from tests.gpu import gpu
+from tests.gpu import GPU_MARKS, gpu
 from tests.test_loaders import collect, loader, shards  # noqa: F401  (shards is a fixture)
 
 
@@ -312,15 +312,17 @@ def test_every_pass_size_has_its_fft_plans_made_before_it_is_queued(shards):  # 
     assert len(set(computed)) >= 2 and not unplanned, (sorted(set(computed)), unplanned)
 
 
-def test_speed_groups_padded_to_a_few_sizes_give_the_same_features(shards):  # noqa: F811
-    """The GPU's speed groups (forced here on the CPU): each factor's clips of a pass are resampled in a group padded
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU_MARKS)])
+def test_speed_groups_padded_to_a_few_sizes_give_the_same_features(shards, device):  # noqa: F811
+    """The GPU's speed groups (forced on the CPU too): each factor's clips of a pass are resampled in a group padded
     to a multiple of `speed_group`, so the resampler sees a few input shapes (cuDNN plans each new shape: ~1.3 ms of
     host time a call on an H100) and the features are those of the exact groups; factor 1.0 is not resampled."""
     plain = AugmentConfig(noise_snr_db=None, time_shift_s=0.0, freq_masks=0, time_masks=0, speed=(0.9, 1.0, 1.1))
     feats = FeatureConfig(clip_seconds=1.0, speech_top_db=40.0)
     out = {}
     for group in (1, 16):
-        ldr = loader("device", shards, "normal", 12, train=True, augment=plain, features=feats, num_workers=0)
+        ldr = loader("device", shards, "normal", 12, train=True, augment=plain, features=feats, num_workers=0,
+                     device=torch.device(device), data_stream=False)
         ldr.batches_per_pass, ldr.speed_group, shapes = 4, group, []
         for resampler in ldr.speed_perturb.resamplers.values():
             resampler.register_forward_pre_hook(lambda module, args: shapes.append(args[0].shape[0]))
@@ -330,7 +332,7 @@ def test_speed_groups_padded_to_a_few_sizes_give_the_same_features(shards):  # n
     assert padded_shapes and all(n % 16 == 0 for n in padded_shapes), padded_shapes
     assert [b.keys for b in exact] == [b.keys for b in padded]
     for a, b in zip(exact, padded, strict=True):
-        torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=0)  # cuDNN: per-shape algorithms
 
 
 def test_the_next_pass_is_queued_once_most_of_a_pass_is_handed_out(shards):  # noqa: F811

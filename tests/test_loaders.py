@@ -33,11 +33,11 @@ def shards(tmp_path_factory) -> Path:
 
 
 def loader(backend: str, root: Path, intensity: str, batch_size: int, train: bool = False, augment=None, **kw):
-    """make_loader over one selection of ROOT's shards on the CPU."""
+    """make_loader over one selection of ROOT's shards, on the CPU unless `device` says otherwise."""
     manifest = Manifest.load(root)
     return make_loader(backend, root=root, entries=manifest.select(intensity), class_names=manifest.class_names(intensity),
                        batch_size=batch_size, train=train, features=kw.pop("features", FeatureConfig()), augment=augment,
-                       device=CPU, **kw)
+                       device=kw.pop("device", CPU), **kw)
 
 
 def collect(batches) -> dict:
