@@ -401,7 +401,7 @@ class DeviceLoader(ShardLoader):
         for factor in factors.unique().tolist():
             pick = (factors == factor).nonzero().flatten()
             count = len(pick)
-            if factor != 1.0:  # resampled: a group of a few sizes (`speed_group`), the padding rows thrown away
+            if factor != 1.0 and count % self.speed_group:  # resampled: a few group sizes, the padding thrown away
                 pick = torch.cat([pick, pick[:1].expand(-count % self.speed_group)])
             pick = pick.to(self.device, non_blocking=True)
             need = round(length * factor)
