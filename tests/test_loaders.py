@@ -2,9 +2,11 @@
 real separate processes; training streams; augmentation; the error when DALI is missing."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import webdataset as wds
 
 from preprocess.__main__ import main as preprocess
 from ravdess_dist.augment import AugmentConfig
+from ravdess_dist.data import torch_path
 from ravdess_dist.features import FeatureConfig
 from ravdess_dist.data.contract import BACKENDS, rank_bounds, rank_part
 from ravdess_dist.data.factory import make_loader
@@ -168,6 +171,47 @@ def test_more_workers_than_shards(shards):
                           train=train, features=FeatureConfig(), augment=AugmentConfig() if train else None, device=CPU,
                           num_workers=2)
         assert sorted(collect(ldr)) == sorted(entry[0].keys)
+
+
+def test_a_hung_worker_is_an_error_naming_the_shards(shards, monkeypatch):
+    """A DataLoader worker that never sends a batch (here: its stream waits on an event nobody sets) stops the torch
+    loader after two WORKER_TIMEOUTs with an error naming the shards, instead of a run that waits forever."""
+    monkeypatch.setattr(torch_path, "WORKER_TIMEOUT", 2.0)
+    monkeypatch.setattr(torch_path.ShardStream, "__iter__", lambda self: iter([threading.Event().wait()]))
+    ldr = loader("torch", shards, "normal", 16, num_workers=1)
+    assert ldr.dataloader.timeout == 2.0  # (without it the loop below would wait forever)
+    with pytest.raises(RuntimeError, match=re.escape(f"{shards}: no batch from the DataLoader workers in 2 x 2 s")):
+        list(ldr)
+
+
+def test_one_timeout_alone_is_waited_out(shards):
+    """A wait for a worker's batch that times out once (a process stopped longer than WORKER_TIMEOUT, e.g. a
+    suspended SLURM job: its wait ends at once when it continues) is asked again and the batches all come; two in a
+    row are the error. The DataLoader's iterator here answers its first request with the timeout."""
+    ldr = loader("torch", shards, "normal", 16, num_workers=0)
+    real = list(ldr.dataloader)
+
+    class Stalling:
+        """The DataLoader's iterator, with STALLS timeouts before its first batch."""
+        timeout = 2.0
+
+        def __init__(self, stalls):
+            self.batches, self.stalls = iter(real), stalls
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            if self.stalls:
+                self.stalls -= 1
+                raise RuntimeError("DataLoader timed out after 2.0 seconds")
+            return next(self.batches)
+
+    ldr.dataloader = Stalling(1)
+    assert [b.keys for b in ldr.raw_batches()] == [keys for _, _, keys in real]
+    ldr.dataloader = Stalling(2)
+    with pytest.raises(RuntimeError, match="no batch from the DataLoader workers in 2 x 2 s"):
+        next(ldr.raw_batches())
 
 
 def test_undecodable_sample_is_an_error_naming_tar_and_key(shards, tmp_path):

@@ -28,6 +28,12 @@ from ravdess_dist.data.contract import (SHUFFLE_BUFFER, RawBatch, ShardLoader, d
                                         sub_seed)
 from shards.audio import PCM16_SCALE
 
+# seconds the trainer waits for a worker's next batch before it fails: a worker that hangs is then an error naming the
+# shards, not a run (or a SLURM job) that waits until it is killed. A batch takes well under a second; a hung worker
+# was seen once (2026-11-28b, CI under extra load: a test loader's worker forked at the end of a 2-process run never
+# started; 48 reruns did not repeat it).
+WORKER_TIMEOUT = 300.0
+
 
 def shard_urls(urls: list[str], rng: random.Random | None) -> list[dict]:
     """One pass of tar URLs for wds.tarfile_to_samples: in order, or in a fresh random order (training)."""
@@ -123,7 +129,8 @@ class TorchLoader(ShardLoader):
         self.dataloader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                                      pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
                                      generator=torch.Generator(),  # not the global RNG: resumed runs replay exactly
-                                     worker_init_fn=leave_signals_to_the_trainer)
+                                     worker_init_fn=leave_signals_to_the_trainer,
+                                     timeout=WORKER_TIMEOUT if self.num_workers > 0 else 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Also tell the (persistent) workers, through shared memory."""
@@ -131,7 +138,24 @@ class TorchLoader(ShardLoader):
         self.stream.epoch.fill_(epoch)
 
     def raw_batches(self):
-        """Worker batches -> device -> features (unless the workers made them already)."""
-        for data, emotions, keys in self.dataloader:
+        """Worker batches -> device -> features (unless the workers made them already). Workers that send nothing
+        for two WORKER_TIMEOUTs in a row are an error: one alone can be a process stopped for longer than that
+        (SIGSTOP, a suspended SLURM job), whose wait times out at once when it continues; the wait is then retried."""
+        batches, timeouts = iter(self.dataloader), 0
+        while True:
+            try:
+                data, emotions, keys = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                if "timed out" not in str(error):
+                    raise
+                timeouts += 1
+                if timeouts < 2:
+                    continue  # the DataLoader's state is as before the wait: asking again is safe
+                raise RuntimeError(f"{self.root}: no batch from the DataLoader workers in 2 x "
+                                   f"{self.dataloader.timeout:g} s: a worker hangs (rerun; a resumed run starts from "
+                                   f"its last checkpoint)") from error
+            timeouts = 0
             data = data.to(self.device, non_blocking=True)
             yield RawBatch(data if self.on_workers else self.featurizer(data), emotions, keys)
