@@ -153,7 +153,7 @@ class TorchLoader(ShardLoader):
                 timeouts += 1
                 if timeouts < 2:
                     continue  # the DataLoader's state is as before the wait: asking again is safe
-                raise RuntimeError(f"{self.root}: no batch from the DataLoader workers in 2 x "
+                raise RuntimeError(f"{self.root}: no batch from the DataLoader workers in {timeouts} x "
                                    f"{self.dataloader.timeout:g} s: a worker hangs (rerun; a resumed run starts from "
                                    f"its last checkpoint)") from error
             timeouts = 0
